@@ -1,0 +1,30 @@
+"""Shared fixtures: real tiny models built once per session, an isolated studio home per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach a hub; set before transformers/gradio are imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pipelines.tiny_models import build_tiny_family  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """base, cpt and chat tiny Llamas (one tokenizer; cpt/chat fine-tuned from base)."""
+    return build_tiny_family(tmp_path_factory.mktemp("tiny_family"), steps=5)
+
+
+@pytest.fixture(autouse=True)
+def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own STUDIO_HOME so job history and outputs never leak between tests."""
+    home = tmp_path / "studio_home"
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
