@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs (into .venv) and run it: lint, then pytest.
+# This is the README's test command; .ci/run calls exactly this on a clean checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+# torch is pinned in requirements.txt to the CPU build; install it first so nothing else can
+# pull a CUDA build to satisfy an open range.
+pip install -q "$(grep -E '^torch==' requirements.txt)"
+pip install -q -r requirements-dev.txt
+
+export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=false
+
+ruff check .
+ruff format --check .
+python -m pytest -q "$@"

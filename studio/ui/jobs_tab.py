@@ -1,0 +1,88 @@
+"""Jobs tab: history from SQLite, live progress, log tail, cancel; survives page reloads."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import gradio as gr
+
+from studio.jobs import JobStatus, get_runner
+from studio.settings import StudioSettings
+from studio.ui.common import progress_html, user_errors
+
+LOG = logging.getLogger(__name__)
+
+JOB_HEADERS = ["id", "kind", "state", "progress", "title", "output", "error"]
+
+
+def status_dict(status: JobStatus) -> dict[str, Any]:
+    """The JSON a /job_status caller gets: the stored record plus live fraction, ETA, log tail."""
+    return status.record.model_dump(mode="json") | {
+        "fraction": status.fraction,
+        "eta_seconds": status.eta_seconds,
+        "log_tail": status.log_tail,
+        "done": status.done,
+    }
+
+
+def job_rows(settings: StudioSettings) -> list[list[str]]:
+    rows = []
+    for s in get_runner(settings).list(limit=50):
+        r = s.record
+        progress = f"{r.progress_done}/{r.progress_total}" if r.progress_total else ""
+        rows.append([r.id, r.kind, r.state.value, progress, r.title, r.output_path or "", r.error or ""])
+    return rows
+
+
+@user_errors
+def on_job_status(settings: StudioSettings, job_id: str) -> dict[str, Any]:
+    return status_dict(get_runner(settings).status(job_id.strip()))
+
+
+@user_errors
+def on_job_cancel(settings: StudioSettings, job_id: str) -> dict[str, Any]:
+    return status_dict(get_runner(settings).cancel(job_id.strip()))
+
+
+def detail(status: dict[str, Any]) -> tuple[str, str]:
+    label = f"{status['state']}: {status['message'] or status['title']}"
+    if status.get("error"):
+        label += f" · {status['error']}"
+    return progress_html(status["progress_done"], status["progress_total"], label), status["log_tail"]
+
+
+def build_jobs_tab(settings: StudioSettings) -> None:
+    bind = functools.partial
+    with gr.Tab("Jobs", id="jobs"):
+        list_jobs = bind(job_rows, settings)
+        # value=callable: re-read on every page load, so a reload shows running jobs again.
+        table = gr.Dataframe(list_jobs, headers=JOB_HEADERS, label="Jobs (newest first)", interactive=False)
+        with gr.Row():
+            job_id = gr.Textbox(label="Job id", placeholder="click a row or paste an id")
+            status_btn = gr.Button("Status")
+            cancel_btn = gr.Button("Cancel job", variant="stop")
+        progress = gr.HTML()
+        status_json = gr.JSON(label="Status", visible=False)
+        log = gr.Code(label="Log tail", language=None)
+        timer = gr.Timer(2.0)
+
+        timer.tick(list_jobs, None, [table], api_visibility="private", show_progress="hidden")
+
+        def pick(evt: gr.SelectData, rows: Any) -> str:
+            return str(rows.iloc[evt.index[0], 0]) if hasattr(rows, "iloc") else str(rows[evt.index[0]][0])
+
+        table.select(pick, [table], [job_id], api_visibility="private")
+        status_btn.click(bind(on_job_status, settings), [job_id], [status_json], api_name="job_status").success(
+            detail, [status_json], [progress, log], api_visibility="private"
+        )
+        cancel_btn.click(bind(on_job_cancel, settings), [job_id], [status_json], api_name="job_cancel").success(
+            detail, [status_json], [progress, log], api_visibility="private"
+        )
+        gr.api(bind(_jobs_api, settings), api_name="jobs")
+
+
+def _jobs_api(settings: StudioSettings, limit: int = 50) -> list[dict[str, Any]]:
+    """Job history, newest first (API: /jobs)."""
+    return [status_dict(s) for s in get_runner(settings).list(limit=int(limit))]

@@ -1,0 +1,220 @@
+"""Merge tab: parents + method -> sliders generated from mergekit's registry -> YAML -> job.
+
+Sliders are rendered from the chosen method's `ParamSpec`s (`gr.render`), so a method mergekit
+adds appears with its parameters and no code here. Slider values live in a per-session
+`gr.State` ({"global": {...}, "models": {"cpt": {...}, "chat": {...}}}); the YAML preview and
+the Run button both go through `studio.forms.build_recipe`, the same function /recipe exposes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any
+
+import gradio as gr
+
+from studio import recipes
+from studio.errors import StudioError
+from studio.forms import MERGED_ROLES, MergeChoice, build_recipe, default_params
+from studio.jobs import get_runner
+from studio.merging import start_merge_job
+from studio.settings import StudioSettings
+from studio.ui.common import (
+    model_choices,
+    progress_html,
+    refreshed_dropdown,
+    starter_path,
+    user_errors,
+)
+from studio.ui.jobs_tab import status_dict
+
+LOG = logging.getLogger(__name__)
+
+ROLE_LABELS = {"cpt": "CPT", "chat": "chat"}
+DTYPES = ["float32", "bfloat16", "float16"]
+
+
+def fresh_params(method: str) -> dict[str, Any]:
+    global_params, per_model = default_params(method)
+    return {"global": global_params, "models": per_model}
+
+
+def choice_from_form(
+    cpt: str, chat: str, base: str | None, method: str, params: dict[str, Any] | str | None,
+    tokenizer_source: str | None, chat_template: str | None, dtype: str | None,
+) -> MergeChoice:
+    """Form values (or the JSON a gradio_client caller sends) -> a typed MergeChoice."""
+    if isinstance(params, str):
+        try:
+            params = json.loads(params) if params.strip() else {}
+        except json.JSONDecodeError as error:
+            raise StudioError(f"params is not valid JSON ({error.msg} at character {error.pos})") from error
+    params = params or {}
+    return MergeChoice(
+        method=method, cpt=cpt, chat=chat, base=base or None,
+        global_params=params.get("global", {}), model_params=params.get("models", {}),
+        tokenizer_source=tokenizer_source or None, chat_template=chat_template or None,
+        dtype=dtype or None,
+    )
+
+
+@user_errors
+def recipe_api(
+    cpt: str,
+    chat: str,
+    base: str | None,
+    method: str,
+    params: str,
+    tokenizer_source: str | None,
+    chat_template: str | None,
+    dtype: str | None,
+) -> str:
+    """The mergekit YAML for a form, validated (API: /recipe).
+
+    params is JSON: {"global": {"t": 0.3}, "models": {"cpt": {"weight": 0.7}, "chat": {...}}};
+    anything left out takes the method's default.
+    """
+    choice = choice_from_form(cpt, chat, base, method, params, tokenizer_source, chat_template, dtype)
+    recipe = build_recipe(choice)
+    recipes.validate_recipe(recipe)
+    return recipes.recipe_to_yaml(recipe)
+
+
+def preview_yaml(*form: Any) -> str:
+    """Like /recipe, but a problem becomes a YAML comment so typing never raises toasts."""
+    try:
+        recipe = build_recipe(choice_from_form(*form))
+        recipes.validate_recipe(recipe)
+        return recipes.recipe_to_yaml(recipe)
+    except StudioError as error:
+        return f"# cannot build this recipe yet:\n# {error}"
+    except ValueError as error:  # pydantic: a field of the wrong type
+        return f"# cannot build this recipe yet:\n# {error}"
+
+
+@user_errors
+def on_merge_start(settings: StudioSettings, recipe_yaml: str, out_dir: str) -> dict[str, Any]:
+    """Start a background merge of a mergekit YAML (API: /merge_start); returns the job status."""
+    recipe = recipes.recipe_from_yaml(recipe_yaml)
+    runner = get_runner(settings)
+    record = start_merge_job(recipe, out_dir.strip() or None, runner=runner, settings=settings)
+    return status_dict(runner.status(record.id))
+
+
+def on_param_release(scope: str, role: str | None, name: str, value: Any, params: dict[str, Any]) -> dict[str, Any]:
+    params = {"global": dict(params.get("global", {})), "models": {k: dict(v) for k, v in params.get("models", {}).items()}}
+    if scope == "global":
+        params["global"][name] = value
+    else:
+        params["models"].setdefault(role, {})[name] = value
+    return params
+
+
+def _param_component(spec: recipes.ParamSpec, value: Any, label: str) -> gr.Component:
+    info = spec.description or None
+    if spec.kind == "bool":
+        return gr.Checkbox(value=bool(value), label=label, info=info)
+    if spec.kind in ("float", "int") and spec.minimum is not None and spec.maximum is not None:
+        step = spec.step or (1 if spec.kind == "int" else 0.01)
+        return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=info)
+    if spec.kind in ("float", "int"):
+        return gr.Number(value=value, label=label, info=info)
+    return gr.Textbox(value=str(value or ""), label=label, info=info)
+
+
+def build_merge_tab(settings: StudioSettings) -> None:
+    bind = functools.partial
+    choices = model_choices(settings)
+    methods = recipes.list_methods()
+    with gr.Tab("Merge", id="merge"):
+        with gr.Row():
+            cpt = gr.Dropdown(choices, value=starter_path(settings, "cpt"), label="CPT checkpoint", allow_custom_value=True)
+            chat = gr.Dropdown(choices, value=starter_path(settings, "chat"), label="Chat model", allow_custom_value=True)
+            base = gr.Dropdown(choices, value=starter_path(settings, "base"), label="Base model", allow_custom_value=True)
+        method = gr.Dropdown([(m.pretty_name, m.name) for m in methods], value="linear", label="Merge method")
+        params = gr.State(fresh_params("linear"))
+
+        @gr.render(inputs=[method])  # runs on page load and whenever the method changes
+        def render_params(method_name: str) -> None:
+            spec = recipes.get_method(method_name)
+            start = fresh_params(method_name)
+            gr.Markdown(_method_note(spec))
+            with gr.Row():
+                for p in (p for p in spec.parameters if p.scope == recipes.ParamScope.GLOBAL):
+                    comp = _param_component(p, start["global"][p.name], p.name)
+                    _wire(comp, bind(on_param_release, "global", None, p.name), params)
+            for role in MERGED_ROLES:
+                with gr.Row():
+                    for p in (p for p in spec.parameters if p.scope == recipes.ParamScope.PER_MODEL):
+                        comp = _param_component(p, start["models"][role][p.name], f"{p.name} ({ROLE_LABELS[role]})")
+                        _wire(comp, bind(on_param_release, "model", role, p.name), params)
+
+        with gr.Row():
+            tok = gr.Dropdown(["", "base", "union"], value="", label="Tokenizer source", allow_custom_value=True)
+            template = gr.Dropdown([""] + recipes.chat_template_names(), value="", label="Chat template", allow_custom_value=True)
+            dtype = gr.Dropdown(DTYPES, value="float32", label="dtype")
+        yaml_box = gr.Code(language="yaml", label="mergekit YAML (what Run will merge)")
+        with gr.Row():
+            out_dir = gr.Textbox(label="Output folder (empty: under the studio home)")
+            run = gr.Button("Run merge", variant="primary")
+            cancel = gr.Button("Cancel", variant="stop")
+        progress = gr.HTML()
+        job_json = gr.JSON(label="Job", visible=False)
+        job_id = gr.State("")
+        timer = gr.Timer(1.0, active=False)
+
+        form = [cpt, chat, base, method, params, tok, template, dtype]
+        gr.api(recipe_api, api_name="recipe")
+        method.change(fresh_params, [method], [params], api_name="method_defaults")
+        for trigger in (params.change, cpt.change, chat.change, base.change, tok.change, template.change, dtype.change):
+            trigger(preview_yaml, form, [yaml_box], api_visibility="private", queue=False)
+
+        def started(status: dict[str, Any]) -> tuple[str, str, gr.Timer, gr.Button]:
+            return status["id"], _progress(status), gr.Timer(active=True), gr.Button(interactive=False)
+
+        run.click(
+            bind(on_merge_start, settings), [yaml_box, out_dir], [job_json], api_name="merge_start", concurrency_limit=1
+        ).success(started, [job_json], [job_id, progress, timer, run], api_visibility="private")
+
+        def tick(jid: str) -> tuple[str, gr.Timer, gr.Button]:
+            if not jid:
+                return "", gr.Timer(active=False), gr.Button(interactive=True)
+            status = status_dict(get_runner(settings).status(jid))
+            return _progress(status), gr.Timer(active=not status["done"]), gr.Button(interactive=status["done"])
+
+        timer.tick(tick, [job_id], [progress, timer, run], api_visibility="private")
+
+        def cancel_job(jid: str) -> str:
+            if not jid:
+                return ""
+            return _progress(status_dict(get_runner(settings).cancel(jid)))
+
+        cancel.click(cancel_job, [job_id], [progress], api_visibility="private")
+        refresh = refreshed_dropdown(settings)
+        for dd in (cpt, chat, base):
+            dd.focus(refresh, [dd], [dd], api_visibility="private")
+
+
+def _wire(comp: gr.Component, handler: Any, params: gr.State) -> None:
+    """Sliders update on release (not on every pixel); other inputs on change."""
+    event = comp.release if isinstance(comp, gr.Slider) else comp.change
+    event(handler, [comp, params], [params], api_visibility="private", queue=False)
+
+
+def _method_note(spec: recipes.MethodSpec) -> str:
+    base = {"required": "needs the base model", "optional": "may use the base model"}.get(spec.base, "does not use a base model")
+    link = f" · [paper]({spec.reference_url})" if spec.reference_url else ""
+    return f"**{spec.pretty_name}** {base}{link}"
+
+
+def _progress(status: dict[str, Any]) -> str:
+    label = f"{status['state']}: {status['message'] or status['title']}"
+    if status.get("eta_seconds") is not None and not status["done"]:
+        label += f" · ETA {status['eta_seconds']:.0f} s"
+    if status.get("error"):
+        label += f" · {status['error']}"
+    if status.get("output_path") and status["state"] == "succeeded":
+        label += f" · saved to {status['output_path']}"
+    return progress_html(status["progress_done"], status["progress_total"], label)
