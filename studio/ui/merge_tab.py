@@ -204,7 +204,11 @@ def _wire(comp: gr.Component, handler: Any, params: gr.State) -> None:
 
 
 def _method_note(spec: recipes.MethodSpec) -> str:
-    base = {"required": "needs the base model", "optional": "may use the base model"}.get(spec.base, "does not use a base model")
+    base = {"required": "needs the base model", "optional": "may use the base model"}.get(
+        spec.base, "does not use a base model"
+    )
+    if spec.base_is_first_model:
+        base = "interpolates between the two models (the CPT checkpoint is the t=0 end)"
     link = f" · [paper]({spec.reference_url})" if spec.reference_url else ""
     return f"**{spec.pretty_name}** {base}{link}"
 
