@@ -1,0 +1,698 @@
+"""The transformers engine: `InferenceEngine` over `AutoModelForCausalLM` (CPU or GPU).
+
+Generation runs `model.generate` with three studio hooks:
+
+- a token streamer that timestamps every new token (time to first token, tokens/s) and, when
+  streaming, hands it to the consumer through a queue while `generate` runs in a worker thread;
+- a stopping criterion for stop strings and for cancel (Stop button, or a consumer that walks
+  away from the stream), checked after every token;
+- sampling done by the studio's own logits processor with a private `torch.Generator`:
+  `generate` then runs greedy over a distribution with one finite entry. torch's global RNG is
+  shared by every thread, so three columns sampling at once with `do_sample=True` would draw
+  from one interleaved stream; a generator per request makes "same seed -> same reply" hold
+  under concurrency.
+
+One lock per engine serialises generation, scoring, weight replacement and unload: weights
+written in place must never change in the middle of a reply, and on a CPU two forward passes
+only compete for the same cores. Different models run in parallel.
+
+    engine = TransformersEngine(ModelSpec.from_path("/models/chat")); engine.load()
+    engine.generate("the capital of france is", GenerationSettings(temperature=0)).text
+"""
+
+from __future__ import annotations
+
+import bisect
+import inspect
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
+
+from studio.errors import ModelError
+from studio.inference.chat_format import detect_repetition
+from studio.inference.engine import (
+    GenerationChunk,
+    GenerationError,
+    GenerationResult,
+    GenerationSettings,
+    LogLikelihood,
+    ModelSpec,
+    NamedTensors,
+    StopReason,
+    weights_bytes,
+)
+from studio.settings import StudioSettings, load_settings
+
+LOG = logging.getLogger(__name__)
+
+_STOP_WINDOW_TOKENS = 16  # extra tokens decoded around a stop string when checking for it
+
+
+class TransformersEngine:
+    """One model loaded with transformers; see the module docstring."""
+
+    engine_name = "transformers"
+
+    def __init__(self, spec: ModelSpec, *, settings: StudioSettings | None = None) -> None:
+        self.spec = spec
+        self._settings = settings or load_settings()
+        self._lock = threading.Lock()  # model use: generate, score, replace, unload
+        self._tokenizer_lock = threading.Lock()  # Rust tokenizers may not encode concurrently
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._version = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            raise self._not_loaded()
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        """The loaded `PreTrainedModel` (for `LiveMerger.merge_into`; prefer `replace_weights`)."""
+        if self._model is None:
+            raise self._not_loaded()
+        return self._model
+
+    @property
+    def weights_version(self) -> int:
+        return self._version
+
+    def estimate_memory_bytes(self) -> int:
+        return weights_bytes(self.spec)
+
+    def memory_bytes(self) -> int:
+        """Bytes of the loaded weights and buffers (tied tensors counted once)."""
+        model = self.model
+        seen: set[int] = set()
+        total = 0
+        for tensor in [*model.parameters(), *model.buffers()]:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        return total
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            started = time.perf_counter()
+            tokenizer, model = self._load_files()
+            model.to(self.spec.torch_device()).eval()
+            self._tokenizer, self._model = tokenizer, model
+            self._version += 1
+        LOG.info("loaded %s in %.1f s", self.spec.name, time.perf_counter() - started)
+
+    def unload(self) -> None:
+        with self._lock:  # waits for a running reply to finish
+            if self._model is None:
+                return
+            device = self._model.device
+            self._model = None
+            self._tokenizer = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        LOG.info("unloaded %s", self.spec.name)
+
+    def _load_files(self) -> tuple[Any, Any]:
+        folder = Path(self.spec.path)
+        common: dict[str, Any] = {"trust_remote_code": self._settings.trust_remote_code}
+        if self.spec.gguf_file:
+            common["gguf_file"] = self.spec.gguf_file
+        model_kwargs = dict(common)
+        if not self.spec.gguf_file and not self._settings.allow_pickle:
+            self._require_safetensors(folder)
+            model_kwargs["use_safetensors"] = True
+        dtype = "auto" if self.spec.dtype == "auto" else getattr(torch, self.spec.dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), **common)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **model_kwargs)
+        except (OSError, ValueError, KeyError) as error:
+            raise ModelError(
+                f"cannot load model '{self.spec.name}' from {folder}: {error}; check that the "
+                "folder holds a complete causal language model and its tokenizer"
+            ) from error
+        return tokenizer, model
+
+    def _require_safetensors(self, folder: Path) -> None:
+        if any(folder.glob("*.safetensors")):
+            return
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            raise ModelError(
+                f"model '{self.spec.name}' has only pickle weights (.bin/.pt); convert it to "
+                "safetensors or set STUDIO_ALLOW_PICKLE=1 if you trust its source"
+            )
+        raise ModelError(f"model '{self.spec.name}' has no .safetensors weights in {folder}")
+
+    def _not_loaded(self) -> ModelError:
+        return ModelError(
+            f"model '{self.spec.name}' is not loaded (it may have been unloaded to make room "
+            "for another); load it again"
+        )
+
+    def _require_model(self) -> Any:
+        if self._model is None:
+            raise self._not_loaded()
+        return self._model
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        settings: GenerationSettings | None = None,
+        *,
+        add_special_tokens: bool = True,
+        cancel: threading.Event | None = None,
+    ) -> GenerationResult:
+        reply = self._prepare(prompt, settings or GenerationSettings(), add_special_tokens, cancel)
+        return self._run(reply, sink=None)
+
+    def stream(
+        self,
+        prompt: str,
+        settings: GenerationSettings | None = None,
+        *,
+        add_special_tokens: bool = True,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[GenerationChunk]:
+        # Prepared eagerly so a bad request raises here, not at the first next().
+        reply = self._prepare(prompt, settings or GenerationSettings(), add_special_tokens, cancel)
+        return self._stream(reply)
+
+    def _prepare(
+        self,
+        prompt: str,
+        settings: GenerationSettings,
+        add_special_tokens: bool,
+        cancel: threading.Event | None,
+    ) -> _Reply:
+        started = time.perf_counter()
+        model = self._require_model()
+        ids = self._encode(prompt, add_special_tokens)
+        if not ids:
+            raise GenerationError("the prompt is empty; type a message first")
+        limit = getattr(model.config, "max_position_embeddings", None)
+        max_new = settings.max_new_tokens
+        if limit is not None:
+            if len(ids) >= limit:
+                raise GenerationError(
+                    f"the prompt is {len(ids)} tokens but model '{self.spec.name}' reads at most "
+                    f"{limit}; clear the chat or shorten the system prompt"
+                )
+            max_new = min(max_new, limit - len(ids))
+        seed = (
+            None
+            if settings.greedy
+            else (settings.seed if settings.seed is not None else secrets.randbits(31))
+        )
+        return _Reply(
+            settings=settings,
+            prompt_ids=ids,
+            max_new_tokens=max_new,
+            eos_ids=self._eos_ids(model, settings),
+            pad_id=self._pad_id(model),
+            seed=seed,
+            decode=_decoder(self.tokenizer),  # bound now: an unload must not break decoding
+            cancel=cancel,
+            started=started,
+        )
+
+    def _stream(self, reply: _Reply) -> Iterator[GenerationChunk]:
+        sink: queue.Queue[int | _Done] = queue.Queue()
+        worker = threading.Thread(
+            target=self._run_into,
+            args=(reply, sink),
+            name=f"generate-{self.spec.name}",
+            daemon=True,
+        )
+        worker.start()
+        text = _TextAssembler(reply.decode, reply.settings.stop, reply.eos_ids)
+        try:
+            while True:
+                item = sink.get()
+                if isinstance(item, _Done):
+                    if item.error is not None:
+                        raise item.error
+                    assert item.result is not None  # _run_into sends one of the two
+                    tail = text.finish(item.result.text)
+                    yield GenerationChunk(
+                        tail, item.result.tokens, item.result.seconds, item.result
+                    )
+                    return
+                delta = text.push(item)
+                if delta:
+                    yield GenerationChunk(delta, text.tokens, time.perf_counter() - reply.started)
+        finally:
+            # A consumer that stops iterating (closed tab, Stop) stops the model at its next token.
+            reply.abandoned.set()
+
+    def _run_into(self, reply: _Reply, sink: queue.Queue[int | _Done]) -> None:
+        try:
+            sink.put(_Done(result=self._run(reply, sink)))
+        except BaseException as error:  # handed to the consumer's thread, which re-raises it
+            sink.put(_Done(error=error))
+
+    def _run(self, reply: _Reply, sink: queue.Queue[int | _Done] | None) -> GenerationResult:
+        clock = _TokenClock(sink)
+        with self._lock:
+            model = self._require_model()
+            prompt = torch.tensor([reply.prompt_ids], device=model.device)  # (1, T)
+            output = model.generate(
+                input_ids=prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=reply.max_new_tokens,
+                # Sampling is the _SeededSampler's job (see module docstring); these override
+                # any sampling defaults in the model's generation_config.
+                do_sample=False,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=50,
+                repetition_penalty=reply.settings.repetition_penalty,
+                eos_token_id=sorted(reply.eos_ids),
+                pad_token_id=reply.pad_id,
+                logits_processor=LogitsProcessorList(reply.processors()),
+                stopping_criteria=StoppingCriteriaList([_StopCheck(reply)]),
+                streamer=clock,
+            )
+        new_ids = output[0, len(reply.prompt_ids) :].tolist()
+        return reply.finish(new_ids, clock.times, engine=self.engine_name)
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def _eos_ids(self, model: Any, settings: GenerationSettings) -> frozenset[int]:
+        configured = model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured])
+        ids.add(self.tokenizer.eos_token_id)
+        ids.update(settings.stop_token_ids)
+        return frozenset(i for i in ids if i is not None)
+
+    def _pad_id(self, model: Any) -> int:
+        for candidate in (
+            self.tokenizer.pad_token_id,
+            model.generation_config.pad_token_id,
+            self.tokenizer.eos_token_id,
+        ):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def score_loglikelihood(self, context: str, continuation: str) -> LogLikelihood:
+        return self.score_loglikelihoods([(context, continuation)])[0]
+
+    def score_loglikelihoods(
+        self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8
+    ) -> list[LogLikelihood]:
+        """log P(continuation | context) for each pair, batched by similar length."""
+        encoded = [self._encode_pair(context, continuation) for context, continuation in pairs]
+        # Similar lengths in one batch keep padding (and kept logits) small.
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+        scored: dict[int, LogLikelihood] = {}
+        with self._lock:
+            model = self._require_model()
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                for i, result in zip(
+                    batch, self._score_batch(model, [encoded[i] for i in batch]), strict=True
+                ):
+                    scored[i] = result
+        return [scored[i] for i in range(len(encoded))]
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) split as lm-eval does: encode the whole, cut at the context."""
+        if not continuation:
+            raise GenerationError(
+                "the continuation to score is empty; give the text whose likelihood you want"
+            )
+        # lm-eval moves the context's trailing whitespace into the continuation.
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self._encode(context + continuation, True)
+        context_ids = self._encode(context, True)
+        continuation_ids = whole[len(context_ids) :]
+        if not continuation_ids:
+            raise GenerationError(
+                f"the continuation {continuation!r} encodes to no tokens; give longer text"
+            )
+        if not context_ids:
+            # The first continuation token needs something to be conditioned on.
+            prefix = self.tokenizer.bos_token_id
+            prefix = self.tokenizer.eos_token_id if prefix is None else prefix
+            context_ids = [int(prefix)]
+        limit = getattr(self._require_model().config, "max_position_embeddings", None)
+        if limit is not None and len(continuation_ids) >= limit:
+            raise GenerationError(
+                f"the continuation is {len(continuation_ids)} tokens but model '{self.spec.name}' "
+                f"reads at most {limit}; score shorter text"
+            )
+        if limit is not None and len(context_ids) + len(continuation_ids) - 1 > limit:
+            context_ids = context_ids[
+                len(context_ids) + len(continuation_ids) - 1 - limit :
+            ]  # keep the end
+        return context_ids, continuation_ids
+
+    def _score_batch(
+        self, model: Any, pairs: list[tuple[list[int], list[int]]]
+    ) -> list[LogLikelihood]:
+        # The model reads context + continuation minus its last token; right padding keeps every
+        # row's positions from 0, and causal attention never lets a real token see a pad.
+        rows = [(ctx + cont)[:-1] for ctx, cont in pairs]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self._pad_id(model), dtype=torch.long)  # (B, T)
+        mask = torch.zeros_like(ids)
+        for b, row in enumerate(rows):
+            ids[b, : len(row)] = torch.tensor(row)
+            mask[b, : len(row)] = 1
+        # Logits only from the first position any continuation needs (saves B x T x V memory).
+        first = min(len(row) - len(cont) for row, (_, cont) in zip(rows, pairs, strict=True))
+        kwargs = {"logits_to_keep": width - first} if _accepts(model, "logits_to_keep") else {}
+        with torch.no_grad():
+            logits = model(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kwargs
+            ).logits
+        offset = width - logits.shape[1]  # position of logits[:, 0]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T', V)
+        out = []
+        for b, (row, (ctx, cont)) in enumerate(zip(rows, pairs, strict=True)):
+            start = len(row) - len(cont) - offset
+            slice_ = logprobs[b, start : start + len(cont)]  # (K, V)
+            target = torch.tensor(cont, device=slice_.device)
+            token_logprobs = slice_.gather(1, target[:, None]).squeeze(1)
+            greedy = bool((slice_.argmax(dim=-1) == target).all())
+            out.append(
+                LogLikelihood(tuple(ctx), tuple(cont), tuple(token_logprobs.tolist()), greedy)
+            )
+        return out
+
+    # -- live weights -------------------------------------------------------------------------
+
+    def replace_weights(self, named_tensors: NamedTensors) -> int:
+        """Copy new values into the loaded parameters, by checkpoint name; returns how many.
+
+        Names and shapes of a mapping are all checked before anything is written; tensors from
+        an iterable are checked as they arrive (a later bad name leaves earlier ones written).
+        Tied parameters (lm_head sharing the embedding) keep the embedding's value, as
+        transformers does when it loads a checkpoint holding both.
+        """
+        with self._lock:
+            model = self._require_model()
+            state = model.state_dict(keep_vars=True)
+            primary: dict[int, str] = {}
+            for name, tensor in state.items():
+                primary.setdefault(tensor.data_ptr(), name)
+            if isinstance(named_tensors, Mapping):
+                for name, tensor in named_tensors.items():
+                    self._check_tensor(state, name, tensor)
+                items = named_tensors.items()
+            else:
+                items = named_tensors
+            written = 0
+            given: set[str] = set()
+            with torch.no_grad():
+                for name, tensor in items:
+                    target = self._check_tensor(state, name, tensor)
+                    owner = primary[target.data_ptr()]
+                    if owner != name and owner in given:
+                        continue  # the tied alias of a tensor already written
+                    target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+                    given.add(name)
+                    written += 1
+            self._version += 1
+        LOG.info(
+            "replaced %d tensors of %s (weights version %d)", written, self.spec.name, self._version
+        )
+        return written
+
+    def _check_tensor(
+        self, state: Mapping[str, torch.Tensor], name: str, tensor: torch.Tensor
+    ) -> torch.Tensor:
+        target = state.get(name)
+        if target is None:
+            raise ModelError(
+                f"model '{self.spec.name}' has no tensor named '{name}'; the new weights must come "
+                "from a model with the same architecture"
+            )
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ModelError(
+                f"tensor '{name}' of model '{self.spec.name}' has shape {tuple(target.shape)} but "
+                f"the new one has {tuple(tensor.shape)}; merge models of the same shape"
+            )
+        return target
+
+
+# -- generation helpers -----------------------------------------------------------------------
+
+
+@dataclass
+class _Reply:
+    """One generation request, its hooks' shared state, and how to turn ids into a result."""
+
+    settings: GenerationSettings
+    prompt_ids: list[int]
+    max_new_tokens: int
+    eos_ids: frozenset[int]
+    pad_id: int
+    seed: int | None
+    decode: Callable[[Sequence[int]], str]
+    cancel: threading.Event | None
+    started: float
+    abandoned: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+
+    def should_cancel(self) -> bool:
+        return self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set())
+
+    def processors(self) -> list[LogitsProcessor]:
+        if self.seed is None:
+            return []
+        return [_SeededSampler(self.settings, self.seed)]
+
+    def finish(self, new_ids: list[int], times: list[float], *, engine: str) -> GenerationResult:
+        reason: StopReason = "length"
+        ids = list(new_ids)
+        if ids and ids[-1] in self.eos_ids:
+            reason, ids = "eos", ids[:-1]
+        text = self.decode(ids)
+        cut = _first_stop(text, self.settings.stop)
+        if cut is not None:
+            reason, text = "stop", text[:cut]
+            ids = ids[: self._tokens_until_stop(ids)]
+        elif reason == "length" and self.cancelled:
+            reason = "cancelled"
+        seconds = (times[-1] if times else time.perf_counter()) - self.started
+        repetition = detect_repetition(ids)
+        if repetition is not None:
+            repetition = replace(repetition, phrase=self.decode(ids[-repetition.period_tokens :]))
+        return GenerationResult(
+            text=text,
+            token_ids=tuple(ids),
+            prompt_tokens=len(self.prompt_ids),
+            stop_reason=reason,
+            seconds=seconds,
+            first_token_seconds=times[0] - self.started if times else None,
+            tokens_per_second=_decode_speed(times, seconds),
+            seed=self.seed,
+            repetition=repetition,
+            engine=engine,
+        )
+
+    def _tokens_until_stop(self, ids: list[int]) -> int:
+        """The fewest leading tokens whose text holds a stop string (that text grows with k)."""
+        keys = range(1, len(ids) + 1)
+        return (
+            bisect.bisect_left(
+                keys,
+                True,
+                key=lambda k: _first_stop(self.decode(ids[:k]), self.settings.stop) is not None,
+            )
+            + 1
+        )
+
+
+def _decoder(tokenizer: Any) -> Callable[[Sequence[int]], str]:
+    def decode(ids: Sequence[int]) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    return decode
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(found) if found else None
+
+
+def _decode_speed(times: list[float], seconds: float) -> float:
+    """Tokens per second after the first token (prefill excluded); whole-request rate for one token."""
+    if len(times) >= 2 and times[-1] > times[0]:
+        return (len(times) - 1) / (times[-1] - times[0])
+    return len(times) / seconds if seconds > 0 else 0.0
+
+
+def _accepts(model: Any, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
+
+
+@dataclass(frozen=True)
+class _Done:
+    result: GenerationResult | None = None
+    error: BaseException | None = None
+
+
+class _TokenClock(BaseStreamer):
+    """Gets each new token from `generate`: timestamps it and forwards it to the stream."""
+
+    def __init__(self, sink: queue.Queue[int | _Done] | None) -> None:
+        self.times: list[float] = []
+        self._sink = sink
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate first puts the prompt itself
+            self._prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+        if self._sink is not None:
+            self._sink.put(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+
+class _StopCheck(StoppingCriteria):
+    """Stops on a stop string in the new text, or when the reply is cancelled."""
+
+    def __init__(self, reply: _Reply) -> None:
+        self._reply = reply
+        self._window = max((len(s) for s in reply.settings.stop), default=0) + _STOP_WINDOW_TOKENS
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        stop = self._reply.should_cancel()
+        if stop:
+            self._reply.cancelled = True
+        elif self._reply.settings.stop:
+            new = input_ids[0, len(self._reply.prompt_ids) :][-self._window :].tolist()
+            stop = _first_stop(self._reply.decode(new), self._reply.settings.stop) is not None
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _SeededSampler(LogitsProcessor):
+    """Samples the next token (temperature, top-k, top-p) with a private generator.
+
+    Returns scores with one finite entry, so `generate`'s greedy step picks the sampled token.
+    """
+
+    def __init__(self, settings: GenerationSettings, seed: int) -> None:
+        self._settings = settings
+        self._seed = seed
+        self._generator: torch.Generator | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._generator is None:
+            self._generator = torch.Generator(device=scores.device).manual_seed(self._seed)
+        logits = scores.float() / self._settings.temperature  # (B, V)
+        if self._settings.top_k:
+            kth = torch.topk(logits, min(self._settings.top_k, logits.shape[-1])).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self._settings.top_p < 1.0:
+            logits = _top_p_filter(logits, self._settings.top_p)
+        probs = torch.softmax(logits, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=self._generator)  # (B, 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(1, choice, 0.0)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the most likely tokens whose probabilities sum to top_p (at least one)."""
+    sorted_logits, order = torch.sort(logits, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
+    sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+
+
+class _TextAssembler:
+    """Turns streamed token ids into text deltas whose concatenation is the final text.
+
+    Holds back a trailing partial character (U+FFFD from a split multi-byte token) and any
+    tail that could be the start of a stop string, since the final text is cut before it.
+    """
+
+    def __init__(
+        self, decode: Callable[[Sequence[int]], str], stop: Sequence[str], eos_ids: frozenset[int]
+    ) -> None:
+        self._decode = decode
+        self._stop = tuple(stop)
+        self._eos_ids = eos_ids
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    @property
+    def tokens(self) -> int:
+        return len(self._ids)
+
+    def push(self, token_id: int) -> str:
+        if token_id in self._eos_ids:
+            return ""  # ends the reply; never shown
+        self._ids.append(token_id)
+        text = self._decode(self._ids)
+        if not text.startswith(self._emitted):
+            return ""  # the decoder revised earlier text; finish() reconciles
+        delta = text[len(self._emitted) : self._safe_end(text)]
+        self._emitted += delta
+        return delta
+
+    def finish(self, final_text: str) -> str:
+        if not final_text.startswith(self._emitted):
+            LOG.warning(
+                "streamed text diverged from the final text; the final text is authoritative"
+            )
+            return ""
+        return final_text[len(self._emitted) :]
+
+    def _safe_end(self, text: str) -> int:
+        end = _first_stop(text, self._stop)
+        end = len(text) if end is None else end
+        # The longest tail that some stop string starts with may yet become that stop string.
+        hold = max(
+            (
+                n
+                for s in self._stop
+                for n in range(1, min(len(s) - 1, end) + 1)
+                if text[end - n : end] == s[:n]
+            ),
+            default=0,
+        )
+        end -= hold
+        while end > len(self._emitted) and text[end - 1] == "\ufffd":
+            end -= 1
+        return max(end, len(self._emitted))
