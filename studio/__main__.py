@@ -36,9 +36,13 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
 
 
+def looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.startswith((".", "~"))
+
+
 def _model_path(ref: str) -> str:
     """A catalog name or a folder -> the folder (so both spellings work everywhere)."""
-    return catalog.find_model(ref).path if not Path(ref).expanduser().exists() else ref
+    return ref if looks_like_path(ref) else catalog.find_model(ref).path
 
 
 def cmd_models(args: argparse.Namespace) -> int:

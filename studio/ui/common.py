@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import gradio as gr
+from pydantic import BaseModel
 
 from studio import catalog
 from studio.errors import StudioError
@@ -38,6 +39,15 @@ def user_errors(fn: F) -> F:
             raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
 
     return wrapper  # type: ignore[return-value]
+
+
+def api_dict(model: BaseModel, **dump_options: Any) -> dict[str, Any]:
+    """A model as API JSON. A top-level "path" key is renamed "folder": gradio_client takes any
+    dict with a "path" string for a file to download and fails on a model folder."""
+    data = model.model_dump(mode="json", **dump_options)
+    if "path" in data:
+        data["folder"] = data.pop("path")
+    return data
 
 
 def model_choices(settings: StudioSettings) -> list[tuple[str, str]]:

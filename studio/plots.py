@@ -1,0 +1,168 @@
+"""Plotly figure builders for the studio's numbers (no gradio here: the UI only displays them).
+
+- `diagnostics_heatmap`: layers x module groups of the task-vector diagnostics, one heatmap per
+  metric (default: cosine between the two task vectors, and the sign-conflict fraction at the
+  chosen density) -- the picture behind "TIES helps only when task vectors interfere";
+- `norms_chart`: ||parent - base|| per (layer, group) for both parents;
+- `probe_chart`: domain and general perplexity of the live-merged model next to its parents.
+
+Every figure's data holds the report's numbers as they are (missing or NaN cells are None), so
+a test can read them back exactly.
+
+    fig = diagnostics_heatmap(preview.diagnose(recipe_yaml))
+    fig.show()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from studio.merging.diagnostics import GROUPS, DiagnosticRow, DiagnosticsReport
+
+if TYPE_CHECKING:
+    from studio.merging.preview import ProbeResult
+
+LOG = logging.getLogger(__name__)
+
+OUTSIDE_LAYERS = "outside"  # x label of tensors outside the layer stack (embeddings, final norm)
+HEATMAP_METRICS: tuple[str, ...] = ("task_vector_cosine", "sign_conflict_fraction")
+METRIC_TITLES = {
+    "task_vector_cosine": "cos(task vector A, task vector B): near 0 = orthogonal, little interference",
+    "parent_cosine": "cos(parent A, parent B): near 1 = collinear, SLERP ~ linear",
+    "sign_conflict_fraction": "sign conflicts among elements both trimmed task vectors keep",
+    "trimmed_fraction": "fraction magnitude trimming drops",
+    "election_dropped_fraction": "kept elements TIES' sign election drops",
+}
+# Cosines are signed (diverging scale around 0); fractions run 0..1.
+_SCALES = {
+    "task_vector_cosine": {"colorscale": "RdBu", "zmin": -1.0, "zmax": 1.0},
+    "parent_cosine": {"colorscale": "RdBu", "zmin": -1.0, "zmax": 1.0},
+}
+_FRACTION_SCALE = {"colorscale": "Reds", "zmin": 0.0, "zmax": 1.0}
+
+Rows = DiagnosticsReport | Sequence[DiagnosticRow]
+
+
+def _rows(report: Rows) -> tuple[DiagnosticRow, ...]:
+    return report.rows if isinstance(report, DiagnosticsReport) else tuple(report)
+
+
+def _number(value: float | None) -> float | None:
+    """The value, or None where plotly should leave a gap (missing, NaN, infinite)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def layer_label(layer: int | None) -> str:
+    return OUTSIDE_LAYERS if layer is None else str(layer)
+
+
+def heatmap_grid(
+    report: Rows, metric: str
+) -> tuple[list[str], list[str], list[list[float | None]]]:
+    """(x = layer labels, y = groups, z[y][x]) of one metric; None where no tensor belongs."""
+    rows = _rows(report)
+    layers = sorted({r.layer for r in rows}, key=lambda x: (x is not None, x or 0))
+    groups = [g for g in (*GROUPS, "all") if any(r.group == g for r in rows)]
+    x = [layer_label(layer) for layer in layers]
+    z: list[list[float | None]] = [[None] * len(x) for _ in groups]
+    for row in rows:
+        z[groups.index(row.group)][layers.index(row.layer)] = _number(getattr(row, metric))
+    return x, groups, z
+
+
+def diagnostics_heatmap(
+    report: Rows, *, metrics: Sequence[str] = HEATMAP_METRICS, title: str | None = None
+) -> go.Figure:
+    """One heatmap per metric (stacked), layers on x and module groups on y."""
+    unknown = [m for m in metrics if m not in METRIC_TITLES]
+    if unknown:
+        raise ValueError(f"unknown diagnostics metrics {unknown}; known: {list(METRIC_TITLES)}")
+    n = len(metrics)
+    fig = make_subplots(
+        rows=n, cols=1, subplot_titles=[METRIC_TITLES[m] for m in metrics], vertical_spacing=0.12
+    )
+    for i, metric in enumerate(metrics):
+        x, y, z = heatmap_grid(report, metric)
+        fig.add_trace(
+            go.Heatmap(
+                x=x,
+                y=y,
+                z=z,
+                name=metric,
+                texttemplate="%{z:.2f}",
+                hovertemplate="layer %{x}, %{y}: %{z:.4f}<extra>" + metric + "</extra>",
+                colorbar={"len": 1 / n, "y": 1 - (i + 0.5) / n, "yanchor": "middle"},
+                **_SCALES.get(metric, _FRACTION_SCALE),
+            ),
+            row=i + 1,
+            col=1,
+        )
+        fig.update_xaxes(type="category", title_text="layer", row=i + 1, col=1)
+        fig.update_yaxes(type="category", row=i + 1, col=1)
+    if isinstance(report, DiagnosticsReport):
+        title = title or f"Task-vector diagnostics (density {report.density:g})"
+    fig.update_layout(title=title, height=260 * n + 80, margin={"t": 90})
+    return fig
+
+
+def norms_chart(
+    report: Rows, *, names: tuple[str, str] | None = None, title: str | None = None
+) -> go.Figure:
+    """Grouped bars of ||a - base|| and ||b - base|| per (layer, group): where each model moved."""
+    rows = _rows(report)
+    if names is None:
+        names = (
+            (Path(report.model_a).name, Path(report.model_b).name)
+            if isinstance(report, DiagnosticsReport)
+            else ("model A", "model B")
+        )
+    x = [
+        f"{r.group}" if r.layer is None else f"L{r.layer} {r.group}" for r in rows
+    ]  # one bar pair per row, in the report's order
+    fig = go.Figure(
+        [
+            go.Bar(name=names[0], x=x, y=[_number(r.task_vector_norm_a) for r in rows]),
+            go.Bar(name=names[1], x=x, y=[_number(r.task_vector_norm_b) for r in rows]),
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        title=title or "Task-vector norms ||parent - base||",
+        yaxis_title="L2 norm",
+        xaxis={"type": "category"},
+    )
+    return fig
+
+
+PROBE_METRICS = (("domain_perplexity", "domain text"), ("general_perplexity", "general text"))
+
+
+def probe_chart(
+    merged: ProbeResult, parents: Sequence[ProbeResult] = (), *, title: str | None = None
+) -> go.Figure:
+    """Perplexity on the domain and the general text: the merged model, then each parent."""
+    x = [label for _, label in PROBE_METRICS]
+    fig = go.Figure(
+        [
+            go.Bar(
+                name=result.label,
+                x=x,
+                y=[_number(getattr(result, field)) for field, _ in PROBE_METRICS],
+                texttemplate="%{y:.1f}",
+            )
+            for result in (merged, *parents)
+        ]
+    )
+    fig.update_layout(
+        barmode="group",
+        title=title or "Perplexity (lower is better): merged vs parents",
+        yaxis_title="perplexity",
+    )
+    return fig

@@ -1,0 +1,333 @@
+"""Chat tab: one prompt, up to three models side by side, streaming together; blind votes.
+
+Layout and wiring only; the conversation logic is `studio.chat_session.ChatSession`, one per
+browser session in a gr.State. API (gradio_client), inputs in the order the handlers list them:
+
+- /chat (streaming): message, three models, three templates, system prompt, temperature,
+  top_p, max new tokens, seed, blind -> three chatbots, three stats lines
+- /chat_regenerate: the same without the message; /chat_stop and /chat_clear: no inputs
+- /chat_vote: "A" | "B" | "C" | "tie" | "all bad" -> the saved vote (models revealed)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import gradio as gr
+
+from studio.chat_session import (
+    ALL_BAD,
+    LABELS,
+    MAX_COLUMNS,
+    TIE,
+    ChatSession,
+    ChatView,
+    TurnRequest,
+    turn_request,
+)
+from studio.errors import StudioError
+from studio.inference import GenerationSettings, template_choices
+from studio.settings import StudioSettings
+from studio.ui.common import model_choices, refreshed_dropdown, starter_path, user_errors
+
+LOG = logging.getLogger(__name__)
+
+# The starter zoo's parents until a merge exists; the merged model will take column A.
+DEFAULT_ROLES = ("cpt", "chat", "base")
+# Every /chat or /chat_regenerate runs up to three models; on one GPU (or two CPU cores) more
+# requests at once only slice the same device thinner, so a few stream and the rest queue.
+GENERATE_CONCURRENCY = 3
+DEFAULTS = GenerationSettings.model_fields
+
+G = TypeVar("G", bound=Callable[..., Iterator[Any]])
+
+
+def streamed_user_errors(fn: G) -> G:
+    """`user_errors` for generator handlers: a StudioError raised mid-stream becomes a gr.Error
+    (the plain decorator only sees the call that creates the generator)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            yield from fn(*args, **kwargs)
+        except StudioError as error:
+            raise gr.Error(str(error), print_exception=False) from error
+        except gr.Error:
+            raise
+        except Exception as error:  # a bug, not the user's fault: keep the app serving
+            LOG.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def view_outputs(view: ChatView, session: ChatSession) -> tuple[Any, ...]:
+    """A view as the outputs [3 chatbots, 3 stats lines, 3 column titles, session]."""
+    bots = [list(c.messages) for c in view.columns]
+    stats = [c.stats for c in view.columns]
+    return (*bots, *stats, *column_titles(view), session)
+
+
+def column_titles(view: ChatView) -> list[str]:
+    return [f"**{c.label}**" for c in view.columns]
+
+
+def request_from_form(
+    models: tuple[str | None, ...],
+    templates: tuple[str | None, ...],
+    system_prompt: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    max_new_tokens: float | None,
+    seed: float | None,
+    blind: bool | None,
+) -> TurnRequest:
+    return turn_request(
+        models=models,
+        templates=templates,
+        system_prompt=system_prompt,
+        blind=bool(blind),
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+
+
+@streamed_user_errors
+def on_chat_submit(
+    message: str,
+    model_a: str | None,
+    model_b: str | None,
+    model_c: str | None,
+    template_a: str | None,
+    template_b: str | None,
+    template_c: str | None,
+    system_prompt: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    max_new_tokens: float | None,
+    seed: float | None,
+    blind: bool | None,
+    session: ChatSession,
+) -> Iterator[tuple[Any, ...]]:
+    """Send one message to every column; the replies stream together (API: /chat)."""
+    request = request_from_form(
+        (model_a, model_b, model_c),
+        (template_a, template_b, template_c),
+        system_prompt,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed,
+        blind,
+    )
+    for view in session.send(message, request):
+        yield view_outputs(view, session)
+
+
+@streamed_user_errors
+def on_regenerate_click(
+    model_a: str | None,
+    model_b: str | None,
+    model_c: str | None,
+    template_a: str | None,
+    template_b: str | None,
+    template_c: str | None,
+    system_prompt: str | None,
+    temperature: float | None,
+    top_p: float | None,
+    max_new_tokens: float | None,
+    seed: float | None,
+    blind: bool | None,
+    session: ChatSession,
+) -> Iterator[tuple[Any, ...]]:
+    """Answer the last message again, replacing its replies (API: /chat_regenerate)."""
+    request = request_from_form(
+        (model_a, model_b, model_c),
+        (template_a, template_b, template_c),
+        system_prompt,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed,
+        blind,
+    )
+    for view in session.regenerate(request):
+        yield view_outputs(view, session)
+
+
+def on_stop_click(session: ChatSession) -> str:
+    """Stop the replies streaming in this session; the text so far is kept (API: /chat_stop)."""
+    return "Stopped; the text so far is kept." if session.stop() else "Nothing is streaming."
+
+
+def on_clear_click(session: ChatSession) -> tuple[Any, ...]:
+    """Forget this session's conversation and blind assignment (API: /chat_clear)."""
+    session.clear()
+    return view_outputs(session.view(), session)
+
+
+@user_errors
+def on_vote_click(
+    settings: StudioSettings, choice: str, session: ChatSession
+) -> tuple[dict[str, Any], ChatSession]:
+    """Vote on the last replies; saved in SQLite, names revealed (API: /chat_vote)."""
+    vote = session.vote(choice, db_path=settings.db_path)
+    return vote.model_dump(mode="json"), session
+
+
+def on_vote_reveal(vote: dict[str, Any], session: ChatSession) -> tuple[str, ...]:
+    """After a vote: the columns' real names, and which model won."""
+    winner = vote.get("winner_model")
+    text = f"Vote saved: **{vote['choice']}**" + (f" ({winner})" if winner else "")
+    return (*column_titles(session.view()), text)
+
+
+def on_blind_change(blind: bool, session: ChatSession) -> str:
+    if session.turns and bool(blind) != session.blind:
+        return "Blind mode changes with the next conversation: press Clear."
+    return "Blind: models are shuffled onto A/B/C; vote to reveal them." if blind else ""
+
+
+def build_chat_tab(settings: StudioSettings) -> None:
+    """The Chat tab (inside a gr.Blocks / gr.Tabs)."""
+    choices = model_choices(settings)
+    templates = template_choices()
+    with gr.Tab("Chat", id="chat"):
+        # gr.State deep-copies this for every browser session; a copy is a new, empty session.
+        session = gr.State(ChatSession())
+        with gr.Row():
+            models = [
+                gr.Dropdown(
+                    choices,
+                    value=starter_path(settings, role),
+                    label=f"Model {i + 1}",
+                    allow_custom_value=True,
+                    scale=3,
+                )
+                for i, role in enumerate(DEFAULT_ROLES)
+            ]
+        with gr.Row():
+            template_boxes = [
+                gr.Dropdown(
+                    templates,
+                    value="auto",
+                    label=f"Chat template {i + 1}",
+                    allow_custom_value=True,
+                    info="auto: the model's own",
+                )
+                for i in range(MAX_COLUMNS)
+            ]
+        titles, bots, stats = _columns()
+        with gr.Row():
+            message = gr.Textbox(
+                show_label=False, placeholder="Ask every model at once…", scale=5, autofocus=True
+            )
+            send = gr.Button("Send", variant="primary", scale=1)
+        with gr.Row():
+            stop = gr.Button("Stop", variant="stop")
+            regenerate = gr.Button("Regenerate")
+            clear = gr.Button("Clear")
+        notice = gr.Markdown()
+        with gr.Accordion("Generation settings", open=False):
+            form = _settings_form()
+        with gr.Row():
+            vote = gr.Radio([*LABELS, TIE, ALL_BAD], label="Which reply is best?", scale=3)
+            vote_btn = gr.Button("Vote", scale=1)
+        vote_json = gr.JSON(label="Vote", visible=False)
+
+        blind = form[-1]
+        inputs = [*models, *template_boxes, *form, session]
+        outputs = [*bots, *stats, *titles, session]
+        gr.on(
+            [message.submit, send.click],
+            on_chat_submit,
+            [message, *inputs],
+            outputs,
+            api_name="chat",
+            concurrency_id="generate",
+            concurrency_limit=GENERATE_CONCURRENCY,
+        )
+        # A second listener on the same triggers: the box empties at once, while /chat
+        # already has its text (inputs are read when the event fires).
+        gr.on(
+            [message.submit, send.click],
+            lambda: "",
+            None,
+            [message],
+            api_visibility="private",
+            queue=False,
+        )
+        regenerate.click(
+            on_regenerate_click,
+            inputs,
+            outputs,
+            api_name="chat_regenerate",
+            concurrency_id="generate",
+            concurrency_limit=GENERATE_CONCURRENCY,
+        )
+        stop.click(on_stop_click, [session], [notice], api_name="chat_stop")
+        clear.click(on_clear_click, [session], outputs, api_name="chat_clear")
+        vote_btn.click(
+            functools.partial(on_vote_click, settings),
+            [vote, session],
+            [vote_json, session],
+            api_name="chat_vote",
+        ).success(on_vote_reveal, [vote_json, session], [*titles, notice], api_visibility="private")
+        blind.change(on_blind_change, [blind, session], [notice], api_visibility="private")
+        refresh = refreshed_dropdown(settings)
+        for dropdown in models:
+            dropdown.focus(refresh, [dropdown], [dropdown], api_visibility="private")
+
+
+def _columns() -> tuple[list[gr.Markdown], list[gr.Chatbot], list[gr.Markdown]]:
+    """Per column: a title (model name, or "Model A" in blind mode), the chat, a stats line."""
+    titles, bots, stats = [], [], []
+    with gr.Row(equal_height=True):
+        for label in LABELS:
+            with gr.Column():
+                titles.append(gr.Markdown(f"**{label}**"))
+                bots.append(gr.Chatbot(label=label, show_label=False, height=420, buttons=["copy"]))
+                stats.append(gr.Markdown())
+    return titles, bots, stats
+
+
+def _settings_form() -> list[gr.components.Component]:
+    """System prompt, sampling settings and blind mode; defaults come from GenerationSettings."""
+    system = gr.Textbox(label="System prompt", placeholder="empty: no system message", lines=2)
+    with gr.Row():
+        temperature = gr.Slider(
+            0.0,
+            2.0,
+            value=DEFAULTS["temperature"].default,
+            step=0.05,
+            label="Temperature",
+            info=DEFAULTS["temperature"].description,
+        )
+        top_p = gr.Slider(
+            0.05,
+            1.0,
+            value=DEFAULTS["top_p"].default,
+            step=0.05,
+            label="top_p",
+            info=DEFAULTS["top_p"].description,
+        )
+        max_new = gr.Slider(
+            1,
+            4096,
+            value=DEFAULTS["max_new_tokens"].default,
+            step=1,
+            label="Max new tokens",
+            info=DEFAULTS["max_new_tokens"].description,
+        )
+        seed = gr.Number(
+            value=None, precision=0, minimum=0, label="Seed", info=DEFAULTS["seed"].description
+        )
+    blind = gr.Checkbox(
+        label="Blind mode", info="columns labelled A/B/C in random order; a vote reveals them"
+    )
+    return [system, temperature, top_p, max_new, seed, blind]
