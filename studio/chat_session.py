@@ -216,7 +216,7 @@ class ChatView:
     """All columns at one moment (always MAX_COLUMNS of them)."""
 
     columns: tuple[ColumnView, ...]
-    running: bool
+    running: bool  # some column of the last turn is still replying
 
     def replies(self) -> list[str | None]:
         """The last assistant text of each column (None: no reply there)."""
@@ -469,9 +469,10 @@ class ChatSession:
     # -- views ----------------------------------------------------------------------------
 
     def view(self) -> ChatView:
+        last = self.turns[-1].replies if self.turns else []
         return ChatView(
             columns=tuple(self._column_view(i) for i in range(MAX_COLUMNS)),
-            running=self.running,
+            running=any(r is not None and not r.done for r in last),
         )
 
     def label(self, column: int) -> str:
@@ -489,9 +490,11 @@ class ChatSession:
     def _column_view(self, column: int) -> ColumnView:
         messages: list[ChatbotMessage] = []
         for turn in self.turns:
-            messages.append({"role": "user", "content": turn.user})
             reply = turn.replies[column]
-            if reply is not None and reply.error is None and (reply.text or reply.done):
+            if reply is None:  # no model in this column for that turn
+                continue
+            messages.append({"role": "user", "content": turn.user})
+            if reply.error is None and (reply.text or reply.done):
                 messages.append({"role": "assistant", "content": reply.text})
         last = self.turns[-1].replies[column] if self.turns else None
         return ColumnView(

@@ -77,7 +77,7 @@ def edit_config(folder: Path, **changes: object) -> None:
     path.write_text(json.dumps(config))
 
 
-def header_numels(folder: Path) -> dict[str, int]:
+def header_shapes(folder: Path) -> dict[str, int]:
     with safe_open(folder / "model.safetensors", framework="pt") as handle:
         return {name: handle.get_slice(name).get_shape() for name in handle.keys()}  # type: ignore[misc]
 
@@ -95,7 +95,7 @@ def numel(shape: list[int]) -> int:
 def test_inspect_reports_the_tiny_family_exactly(tiny_family: dict[str, Path]) -> None:
     """Sizes come from config + headers and equal what the files and the tokenizer say."""
     info = inspect_model(tiny_family["chat"])
-    shapes = header_numels(tiny_family["chat"])
+    shapes = header_shapes(tiny_family["chat"])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_family["chat"])
     assert info.path == str(tiny_family["chat"].resolve())
     assert info.name == "chat"
@@ -227,7 +227,7 @@ def test_inspect_pickle_only_refused_unless_allowed(
     pickled = copy_model(tiny_family["base"], tmp_path / "pickled")
     tensors = {}
     with safe_open(pickled / "model.safetensors", framework="pt") as handle:
-        for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+        for name in handle.keys():
             tensors[name] = handle.get_tensor(name)
     (pickled / "model.safetensors").unlink()
     torch.save(tensors, pickled / "pytorch_model.bin")

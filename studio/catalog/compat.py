@@ -9,6 +9,8 @@
 Checks, in order: the method's base rule; quantized checkpoints; architecture; layer count;
 tensor names and shapes (naming the first tensor that differs); vocabularies, which a
 `tokenizer_source` resolves. Roles are free labels; "cpt", "chat" and "base" read best.
+Only `ModelInfo` fields are used, plus each model's tokenizer.json (to tell two tokenizers of the
+same size apart); no weight is read.
 """
 
 from __future__ import annotations
@@ -53,7 +55,11 @@ def check_compatibility(
     method: str | None = None,
     tokenizer_source: str | None = None,
 ) -> CompatibilityReport:
-    """Check that `models` (role -> info) can be merged with `method` as chosen."""
+    """Check that `models` (role -> info) can be merged with `method` as chosen.
+
+    An unknown `method` raises RecipeError (naming the methods there are); everything else is
+    reported, never raised: call `raise_if_blocked()` to stop on problems.
+    """
     problems: list[str] = []
     notes: list[str] = []
     roles = list(models)
@@ -231,12 +237,7 @@ def _check_vocab(
 ) -> tuple[str, ...]:
     """Problems when vocabularies differ and no tokenizer source is chosen; the choices offered."""
     for role, info in models.items():
-        tok = info.tokenizer_vocab_size
-        if tok is not None and tok != info.vocab_size:
-            notes.append(
-                f"{_label(role)} has {info.vocab_size} embedding rows and {tok} tokenizer tokens "
-                "(padded embeddings are common; rows past the tokenizer are never used)"
-            )
+        notes.extend(_tokenizer_size_notes(role, info))
     all_choices = _tokenizer_choices(models)
     source_role = _resolve_source(models, tokenizer_source)
     if tokenizer_source and source_role is None:
@@ -254,6 +255,22 @@ def _check_vocab(
     elif not tokenizer_source:
         problems.append(f"{mismatch}: choose a tokenizer source: {_join(all_choices, 'or')}")
     return all_choices
+
+
+def _tokenizer_size_notes(role: str, info: ModelInfo) -> list[str]:
+    tokens, rows = info.tokenizer_vocab_size, info.vocab_size
+    if tokens is None or tokens == rows:
+        return []
+    if tokens < rows:
+        return [
+            f"{_label(role)} has {rows} embedding rows and {tokens} tokenizer tokens (padded "
+            "embeddings are common; the extra rows are never used)"
+        ]
+    return [
+        f"{_label(role)} has {tokens} tokenizer tokens but only {rows} embedding rows: token ids "
+        f"from {rows} up would fail in that model; a tokenizer_source of 'union' gives the merge "
+        "a row for every token"
+    ]
 
 
 def _vocab_mismatch(models: Mapping[str, ModelInfo]) -> str | None:

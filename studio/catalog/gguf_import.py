@@ -28,7 +28,13 @@ import uuid
 from pathlib import Path
 
 from studio.catalog.inspect import inspect_model
-from studio.catalog.registry import GGUF_MARKER, PARTIAL, STARTER_PREFIX, ModelEntry
+from studio.catalog.registry import (
+    GGUF_MARKER,
+    PARTIAL,
+    STARTER_PREFIX,
+    ModelEntry,
+    entry_for_path,
+)
 from studio.errors import ModelError
 from studio.settings import StudioSettings, load_settings
 
@@ -73,7 +79,7 @@ def import_gguf(
             raise ModelError(f"could not move the import into {target}: {error}") from error
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return ModelEntry(name=name, path=str(target), source="imported")
+    return entry_for_path(str(target), settings)
 
 
 def find_smollm2_gguf() -> Path | None:
@@ -99,7 +105,7 @@ def find_smollm2_gguf() -> Path | None:
 
 def _check_gguf_file(gguf_path: str | Path) -> Path:
     path = Path(str(gguf_path).strip()).expanduser()
-    path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    path = Path(os.path.abspath(path))
     if not path.is_file():
         raise ModelError(f"GGUF file {path} does not exist")
     with path.open("rb") as handle:

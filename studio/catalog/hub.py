@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from studio.catalog.inspect import inspect_model, safetensors_files
-from studio.catalog.registry import HUB_MARKER, PARTIAL, ModelEntry
+from studio.catalog.registry import HUB_MARKER, PARTIAL, ModelEntry, entry_for_path
 from studio.errors import ModelError
 from studio.settings import StudioSettings, load_settings
 
@@ -62,7 +62,7 @@ def add_hub_model(
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     LOG.info("downloaded %s to %s", repo_id, target)
-    return ModelEntry(name=target.name, path=str(target), source="hub")
+    return entry_for_path(str(target), settings)
 
 
 def _publish(temp: Path, target: Path) -> None:
@@ -88,8 +88,6 @@ def _validate_repo_id(repo_id: str) -> None:
             f"'{repo_id}' is not a valid Hugging Face Hub id (expected 'org/name', like "
             f"'HuggingFaceTB/SmolLM2-135M-Instruct'): {error}"
         ) from error
-    if Path(repo_id).expanduser().is_absolute() or repo_id.startswith(("./", "../", "~")):
-        raise ModelError(f"'{repo_id}' is a folder path, not a Hub id: add it as a local folder")
 
 
 def _existing(target: Path, repo_id: str, *, settings: StudioSettings) -> ModelEntry:
@@ -97,7 +95,7 @@ def _existing(target: Path, repo_id: str, *, settings: StudioSettings) -> ModelE
     marker = target / HUB_MARKER
     if marker.is_file() and marker.read_text(encoding="utf-8").splitlines()[:1] == [repo_id]:
         inspect_model(target, settings=settings)
-        return ModelEntry(name=target.name, path=str(target), source="hub")
+        return entry_for_path(str(target), settings)
     raise ModelError(
         f"{target} already exists and is not a download of '{repo_id}'; remove or rename it first"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import struct
 from collections.abc import Iterable
@@ -100,7 +101,8 @@ def resolve_model_path(ref: str | Path) -> Path:
     if not text:
         raise ModelError("no model given: choose a model from the catalog or give its folder")
     path = Path(text).expanduser()
-    absolute = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    # abspath, not resolve(): a symlinked model folder keeps the name the user gave it
+    absolute = Path(os.path.abspath(path))
     if not absolute.exists():
         hint = ""
         if not path.is_absolute() and _looks_like_hub_id(text):

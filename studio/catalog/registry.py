@@ -84,7 +84,7 @@ def add_local_model(ref: str | Path, *, settings: StudioSettings | None = None) 
         )
     LOG.info("registered local model %s", info.path)
     # The entry as the catalog lists it (a folder under a scanned root keeps that source).
-    return _entry_for_path(info.path, settings)
+    return entry_for_path(info.path, settings)
 
 
 def remove_local_model(path: str, *, settings: StudioSettings | None = None) -> None:
@@ -134,7 +134,7 @@ def _scan(settings: StudioSettings) -> Iterator[tuple[Path, Source]]:
         yield folder, "merge"
     for root in settings.model_roots:
         if _is_model_folder(root):
-            yield root.resolve(), "root"
+            yield Path(os.path.abspath(root)), "root"
         for folder in _model_folders(root):
             yield folder, "root"
     for path in _registered_paths(settings):
@@ -153,7 +153,7 @@ def _model_folders(parent: Path) -> Iterator[Path]:
         if child.name.startswith(".") or PARTIAL in child.name:
             continue
         if _is_model_folder(child):
-            yield child.resolve()
+            yield Path(os.path.abspath(child))
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -183,7 +183,8 @@ def _with_unique_names(ordered: list[tuple[str, tuple[str, Source]]]) -> list[Mo
     return entries
 
 
-def _entry_for_path(path: str, settings: StudioSettings) -> ModelEntry:
+def entry_for_path(path: str, settings: StudioSettings) -> ModelEntry:
+    """The catalog's entry for a folder just added (its name made unique as list_models does)."""
     for entry in list_models(settings):
         if entry.path == path:
             return entry

@@ -29,6 +29,7 @@ from studio.ui.common import (
     user_errors,
 )
 from studio.ui.jobs_tab import status_dict
+from studio.ui.preview_panel import build_preview_panel
 
 LOG = logging.getLogger(__name__)
 
@@ -155,12 +156,16 @@ def build_merge_tab(settings: StudioSettings) -> None:
             tok = gr.Dropdown(["", "base", "union"], value="", label="Tokenizer source", allow_custom_value=True)
             template = gr.Dropdown([""] + recipes.chat_template_names(), value="", label="Chat template", allow_custom_value=True)
             dtype = gr.Dropdown(DTYPES, value="float32", label="dtype")
-        yaml_box = gr.Code(language="yaml", label="mergekit YAML (what Run will merge)")
+        first_yaml = preview_yaml(
+            cpt.value, chat.value, base.value, "linear", params.value, "", "", "float32"
+        )
+        yaml_box = gr.Code(first_yaml, language="yaml", label="mergekit YAML (what Run will merge)")
         with gr.Row():
             out_dir = gr.Textbox(label="Output folder (empty: under the studio home)")
             run = gr.Button("Run merge", variant="primary")
             cancel = gr.Button("Cancel", variant="stop")
         progress = gr.HTML()
+        build_preview_panel(settings, yaml_box)
         job_json = gr.JSON(label="Job", visible=False)
         job_id = gr.State("")
         timer = gr.Timer(1.0, active=False)
