@@ -1,6 +1,6 @@
 """Merge Studio entry point (also the Hugging Face Space's app_file).
 
-    python app.py        # builds the starter zoo on first start, then serves http://127.0.0.1:7860
+python app.py        # builds the starter zoo on first start, then serves http://127.0.0.1:7860
 """
 
 from __future__ import annotations

@@ -187,7 +187,9 @@ def build_tiny_family(
     tokenizer = train_word_tokenizer(GENERAL_TEXT + DOMAIN_TEXT + CHAT_TEXT)
     init = build_tiny_llama(out_dir / "init", tokenizer, seed=seed, shape=shape)
     base, _ = finetune(init, out_dir / "base", GENERAL_TEXT, steps=steps, seed=seed)
-    cpt, _ = finetune(base, out_dir / "cpt", DOMAIN_TEXT + GENERAL_TEXT[:2], steps=steps, seed=seed + 1)
+    cpt, _ = finetune(
+        base, out_dir / "cpt", DOMAIN_TEXT + GENERAL_TEXT[:2], steps=steps, seed=seed + 1
+    )
     chat, _ = finetune(
         base, out_dir / "chat", CHAT_TEXT, steps=steps, seed=seed + 2, chat_template=CHATML_TEMPLATE
     )

@@ -93,7 +93,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     settings = load_settings()
     roles = {"cpt": args.cpt, "chat": args.chat} | ({"base": args.base} if args.base else {})
-    infos = {role: catalog.inspect_model(_model_path(ref), settings=settings) for role, ref in roles.items()}
+    infos = {
+        role: catalog.inspect_model(_model_path(ref), settings=settings)
+        for role, ref in roles.items()
+    }
     report = catalog.check_compatibility(
         infos, method=args.method, tokenizer_source=args.tokenizer_source
     )

@@ -53,7 +53,9 @@ def default_value(param: ParamSpec) -> Any:
 def default_params(method: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Starting values for a method: (global parameters, per-role parameters)."""
     spec = get_method(method)
-    global_params = {p.name: default_value(p) for p in spec.parameters if p.scope == ParamScope.GLOBAL}
+    global_params = {
+        p.name: default_value(p) for p in spec.parameters if p.scope == ParamScope.GLOBAL
+    }
     per_model = {
         role: {p.name: default_value(p) for p in spec.parameters if p.scope == ParamScope.PER_MODEL}
         for role in MERGED_ROLES

@@ -47,10 +47,18 @@ def starter(settings: StudioSettings, role: str) -> str:
 def test_inspect_and_check_the_starter_zoo(app: tuple[Client, StudioSettings]) -> None:
     client, settings = app
     info, markdown = client.predict(starter(settings, "cpt"), api_name="/inspect")
-    assert (info["num_layers"], info["hidden_size"], info["architecture"]) == (2, 32, "LlamaForCausalLM")
+    assert (info["num_layers"], info["hidden_size"], info["architecture"]) == (
+        2,
+        32,
+        "LlamaForCausalLM",
+    )
     assert "starter-cpt" in markdown
     report, text = client.predict(
-        starter(settings, "cpt"), starter(settings, "chat"), starter(settings, "base"), "ties", "",
+        starter(settings, "cpt"),
+        starter(settings, "chat"),
+        starter(settings, "base"),
+        "ties",
+        "",
         api_name="/check",
     )
     assert report["ok"] is True and report["problems"] == []
@@ -61,19 +69,35 @@ def test_recipe_reflects_the_sliders(app: tuple[Client, StudioSettings]) -> None
     client, settings = app
     params = {"models": {"cpt": {"weight": 0.7, "density": 0.4}, "chat": {"weight": 0.3}}}
     text = client.predict(
-        starter(settings, "cpt"), starter(settings, "chat"), starter(settings, "base"), "ties",
-        json.dumps(params), "", "", "float32", api_name="/recipe",
+        starter(settings, "cpt"),
+        starter(settings, "chat"),
+        starter(settings, "base"),
+        "ties",
+        json.dumps(params),
+        "",
+        "",
+        "float32",
+        api_name="/recipe",
     )
     assert "merge_method: ties" in text
     assert f"base_model: {starter(settings, 'base')}" in text
     assert "density: 0.4" in text and "weight: 0.7" in text and "weight: 0.3" in text
 
 
-def test_merge_start_then_status_until_done(app: tuple[Client, StudioSettings], tmp_path: Path) -> None:
+def test_merge_start_then_status_until_done(
+    app: tuple[Client, StudioSettings], tmp_path: Path
+) -> None:
     client, settings = app
     text = client.predict(
-        starter(settings, "cpt"), starter(settings, "chat"), "", "slerp", json.dumps({"global": {"t": 0.3}}),
-        "", "", "float32", api_name="/recipe",
+        starter(settings, "cpt"),
+        starter(settings, "chat"),
+        "",
+        "slerp",
+        json.dumps({"global": {"t": 0.3}}),
+        "",
+        "",
+        "float32",
+        api_name="/recipe",
     )
     out_dir = tmp_path / "slerp-merge"
     started = client.predict(text, str(out_dir), api_name="/merge_start")
@@ -86,10 +110,19 @@ def test_merge_start_then_status_until_done(app: tuple[Client, StudioSettings], 
     assert started["id"] in [job["id"] for job in history]
 
 
-def test_cancel_mid_merge_leaves_no_output(app: tuple[Client, StudioSettings], tmp_path: Path) -> None:
+def test_cancel_mid_merge_leaves_no_output(
+    app: tuple[Client, StudioSettings], tmp_path: Path
+) -> None:
     client, settings = app
     text = client.predict(
-        starter(settings, "cpt"), starter(settings, "chat"), "", "linear", "", "", "", "float32",
+        starter(settings, "cpt"),
+        starter(settings, "chat"),
+        "",
+        "linear",
+        "",
+        "",
+        "",
+        "float32",
         api_name="/recipe",
     )
     out_dir = tmp_path / "cancelled"

@@ -16,18 +16,32 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, out, err
 
 
-def test_inspect_prints_the_model_facts(capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]) -> None:
+def test_inspect_prints_the_model_facts(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]
+) -> None:
     code, out, _ = run_cli(capsys, "--json", "inspect", str(tiny_family["cpt"]))
     info = json.loads(out)
     assert code == 0
-    assert (info["architecture"], info["num_layers"], info["hidden_size"]) == ("LlamaForCausalLM", 2, 32)
+    assert (info["architecture"], info["num_layers"], info["hidden_size"]) == (
+        "LlamaForCausalLM",
+        2,
+        32,
+    )
     assert info["path"] == str(tiny_family["cpt"])
 
 
-def test_check_reports_a_compatible_family(capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]) -> None:
+def test_check_reports_a_compatible_family(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]
+) -> None:
     code, out, _ = run_cli(
-        capsys, "check", str(tiny_family["cpt"]), str(tiny_family["chat"]),
-        "--base", str(tiny_family["base"]), "--method", "ties",
+        capsys,
+        "check",
+        str(tiny_family["cpt"]),
+        str(tiny_family["chat"]),
+        "--base",
+        str(tiny_family["base"]),
+        "--method",
+        "ties",
     )
     assert code == 0
     assert out.startswith("compatible")
@@ -36,7 +50,9 @@ def test_check_reports_a_compatible_family(capsys: pytest.CaptureFixture[str], t
 def test_check_without_base_for_ties_fails_with_a_sentence(
     capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]
 ) -> None:
-    code, out, _ = run_cli(capsys, "check", str(tiny_family["cpt"]), str(tiny_family["chat"]), "--method", "ties")
+    code, out, _ = run_cli(
+        capsys, "check", str(tiny_family["cpt"]), str(tiny_family["chat"]), "--method", "ties"
+    )
     assert code == 1
     assert "NOT compatible" in out and "base" in out
 

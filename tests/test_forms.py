@@ -12,11 +12,18 @@ from studio.forms import MergeChoice, build_recipe, default_params
 from studio.recipes import list_methods, recipe_to_yaml, validate_recipe
 
 
-@pytest.mark.parametrize("method", [m.name for m in list_methods() if m.max_models is None or m.max_models >= 2])
-def test_defaults_of_every_method_make_a_valid_recipe(method: str, tiny_family: dict[str, Path]) -> None:
+@pytest.mark.parametrize(
+    "method", [m.name for m in list_methods() if m.max_models is None or m.max_models >= 2]
+)
+def test_defaults_of_every_method_make_a_valid_recipe(
+    method: str, tiny_family: dict[str, Path]
+) -> None:
     """A user who only picks models and a method can press Run: the defaults validate."""
     choice = MergeChoice(
-        method=method, cpt=str(tiny_family["cpt"]), chat=str(tiny_family["chat"]), base=str(tiny_family["base"])
+        method=method,
+        cpt=str(tiny_family["cpt"]),
+        chat=str(tiny_family["chat"]),
+        base=str(tiny_family["base"]),
     )
     recipe = build_recipe(choice)
     validate_recipe(recipe)
@@ -31,7 +38,9 @@ def test_defaults_of_every_method_make_a_valid_recipe(method: str, tiny_family: 
         assert "base_model" not in config
 
 
-def test_slider_values_reach_the_recipe_and_stale_ones_are_dropped(tiny_family: dict[str, Path]) -> None:
+def test_slider_values_reach_the_recipe_and_stale_ones_are_dropped(
+    tiny_family: dict[str, Path],
+) -> None:
     choice = MergeChoice(
         method="ties",
         cpt=str(tiny_family["cpt"]),
@@ -58,7 +67,10 @@ def test_defaults_come_from_the_registry() -> None:
 
 def test_out_of_range_slider_value_is_refused_with_a_sentence(tiny_family: dict[str, Path]) -> None:
     choice = MergeChoice(
-        method="ties", cpt=str(tiny_family["cpt"]), chat=str(tiny_family["chat"]), base=str(tiny_family["base"]),
+        method="ties",
+        cpt=str(tiny_family["cpt"]),
+        chat=str(tiny_family["chat"]),
+        base=str(tiny_family["base"]),
         model_params={"chat": {"density": 1.5}},
     )
     with pytest.raises(RecipeError, match="density must be between 0 and 1; got 1.5"):

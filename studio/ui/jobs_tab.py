@@ -32,7 +32,9 @@ def job_rows(settings: StudioSettings) -> list[list[str]]:
     for s in get_runner(settings).list(limit=50):
         r = s.record
         progress = f"{r.progress_done}/{r.progress_total}" if r.progress_total else ""
-        rows.append([r.id, r.kind, r.state.value, progress, r.title, r.output_path or "", r.error or ""])
+        rows.append(
+            [r.id, r.kind, r.state.value, progress, r.title, r.output_path or "", r.error or ""]
+        )
     return rows
 
 
@@ -50,7 +52,9 @@ def detail(status: dict[str, Any]) -> tuple[str, str]:
     label = f"{status['state']}: {status['message'] or status['title']}"
     if status.get("error"):
         label += f" · {status['error']}"
-    return progress_html(status["progress_done"], status["progress_total"], label), status["log_tail"]
+    return progress_html(status["progress_done"], status["progress_total"], label), status[
+        "log_tail"
+    ]
 
 
 def build_jobs_tab(settings: StudioSettings) -> None:
@@ -58,7 +62,9 @@ def build_jobs_tab(settings: StudioSettings) -> None:
     with gr.Tab("Jobs", id="jobs"):
         list_jobs = bind(job_rows, settings)
         # value=callable: re-read on every page load, so a reload shows running jobs again.
-        table = gr.Dataframe(list_jobs, headers=JOB_HEADERS, label="Jobs (newest first)", interactive=False)
+        table = gr.Dataframe(
+            list_jobs, headers=JOB_HEADERS, label="Jobs (newest first)", interactive=False
+        )
         with gr.Row():
             job_id = gr.Textbox(label="Job id", placeholder="click a row or paste an id")
             status_btn = gr.Button("Status")
@@ -71,15 +77,19 @@ def build_jobs_tab(settings: StudioSettings) -> None:
         timer.tick(list_jobs, None, [table], api_visibility="private", show_progress="hidden")
 
         def pick(evt: gr.SelectData, rows: Any) -> str:
-            return str(rows.iloc[evt.index[0], 0]) if hasattr(rows, "iloc") else str(rows[evt.index[0]][0])
+            return (
+                str(rows.iloc[evt.index[0], 0])
+                if hasattr(rows, "iloc")
+                else str(rows[evt.index[0]][0])
+            )
 
         table.select(pick, [table], [job_id], api_visibility="private")
-        status_btn.click(bind(on_job_status, settings), [job_id], [status_json], api_name="job_status").success(
-            detail, [status_json], [progress, log], api_visibility="private"
-        )
-        cancel_btn.click(bind(on_job_cancel, settings), [job_id], [status_json], api_name="job_cancel").success(
-            detail, [status_json], [progress, log], api_visibility="private"
-        )
+        status_btn.click(
+            bind(on_job_status, settings), [job_id], [status_json], api_name="job_status"
+        ).success(detail, [status_json], [progress, log], api_visibility="private")
+        cancel_btn.click(
+            bind(on_job_cancel, settings), [job_id], [status_json], api_name="job_cancel"
+        ).success(detail, [status_json], [progress, log], api_visibility="private")
 
         def jobs_api(limit: int = 50) -> list[dict]:
             """Job history, newest first (API: /jobs)."""

@@ -43,20 +43,33 @@ def fresh_params(method: str) -> dict[str, Any]:
 
 
 def choice_from_form(
-    cpt: str, chat: str, base: str | None, method: str, params: dict[str, Any] | str | None,
-    tokenizer_source: str | None, chat_template: str | None, dtype: str | None,
+    cpt: str,
+    chat: str,
+    base: str | None,
+    method: str,
+    params: dict[str, Any] | str | None,
+    tokenizer_source: str | None,
+    chat_template: str | None,
+    dtype: str | None,
 ) -> MergeChoice:
     """Form values (or the JSON a gradio_client caller sends) -> a typed MergeChoice."""
     if isinstance(params, str):
         try:
             params = json.loads(params) if params.strip() else {}
         except json.JSONDecodeError as error:
-            raise StudioError(f"params is not valid JSON ({error.msg} at character {error.pos})") from error
+            raise StudioError(
+                f"params is not valid JSON ({error.msg} at character {error.pos})"
+            ) from error
     params = params or {}
     return MergeChoice(
-        method=method, cpt=cpt, chat=chat, base=base or None,
-        global_params=params.get("global", {}), model_params=params.get("models", {}),
-        tokenizer_source=tokenizer_source or None, chat_template=chat_template or None,
+        method=method,
+        cpt=cpt,
+        chat=chat,
+        base=base or None,
+        global_params=params.get("global", {}),
+        model_params=params.get("models", {}),
+        tokenizer_source=tokenizer_source or None,
+        chat_template=chat_template or None,
         dtype=dtype or None,
     )
 
@@ -77,7 +90,9 @@ def recipe_api(
     params is JSON: {"global": {"t": 0.3}, "models": {"cpt": {"weight": 0.7}, "chat": {...}}};
     anything left out takes the method's default.
     """
-    choice = choice_from_form(cpt, chat, base, method, params, tokenizer_source, chat_template, dtype)
+    choice = choice_from_form(
+        cpt, chat, base, method, params, tokenizer_source, chat_template, dtype
+    )
     recipe = build_recipe(choice)
     recipes.validate_recipe(recipe)
     return recipes.recipe_to_yaml(recipe)
@@ -104,8 +119,13 @@ def on_merge_start(settings: StudioSettings, recipe_yaml: str, out_dir: str) -> 
     return status_dict(runner.status(record.id))
 
 
-def on_param_release(scope: str, role: str | None, name: str, value: Any, params: dict[str, Any]) -> dict[str, Any]:
-    params = {"global": dict(params.get("global", {})), "models": {k: dict(v) for k, v in params.get("models", {}).items()}}
+def on_param_release(
+    scope: str, role: str | None, name: str, value: Any, params: dict[str, Any]
+) -> dict[str, Any]:
+    params = {
+        "global": dict(params.get("global", {})),
+        "models": {k: dict(v) for k, v in params.get("models", {}).items()},
+    }
     if scope == "global":
         params["global"][name] = value
     else:
@@ -131,10 +151,27 @@ def build_merge_tab(settings: StudioSettings) -> None:
     methods = recipes.list_methods()
     with gr.Tab("Merge", id="merge"):
         with gr.Row():
-            cpt = gr.Dropdown(choices, value=starter_path(settings, "cpt"), label="CPT checkpoint", allow_custom_value=True)
-            chat = gr.Dropdown(choices, value=starter_path(settings, "chat"), label="Chat model", allow_custom_value=True)
-            base = gr.Dropdown(choices, value=starter_path(settings, "base"), label="Base model", allow_custom_value=True)
-        method = gr.Dropdown([(m.pretty_name, m.name) for m in methods], value="linear", label="Merge method")
+            cpt = gr.Dropdown(
+                choices,
+                value=starter_path(settings, "cpt"),
+                label="CPT checkpoint",
+                allow_custom_value=True,
+            )
+            chat = gr.Dropdown(
+                choices,
+                value=starter_path(settings, "chat"),
+                label="Chat model",
+                allow_custom_value=True,
+            )
+            base = gr.Dropdown(
+                choices,
+                value=starter_path(settings, "base"),
+                label="Base model",
+                allow_custom_value=True,
+            )
+        method = gr.Dropdown(
+            [(m.pretty_name, m.name) for m in methods], value="linear", label="Merge method"
+        )
         params = gr.State(fresh_params("linear"))
 
         @gr.render(inputs=[method])  # runs on page load and whenever the method changes
@@ -148,13 +185,24 @@ def build_merge_tab(settings: StudioSettings) -> None:
                     _wire(comp, bind(on_param_release, "global", None, p.name), params)
             for role in MERGED_ROLES:
                 with gr.Row():
-                    for p in (p for p in spec.parameters if p.scope == recipes.ParamScope.PER_MODEL):
-                        comp = _param_component(p, start["models"][role][p.name], f"{p.name} ({ROLE_LABELS[role]})")
+                    for p in (
+                        p for p in spec.parameters if p.scope == recipes.ParamScope.PER_MODEL
+                    ):
+                        comp = _param_component(
+                            p, start["models"][role][p.name], f"{p.name} ({ROLE_LABELS[role]})"
+                        )
                         _wire(comp, bind(on_param_release, "model", role, p.name), params)
 
         with gr.Row():
-            tok = gr.Dropdown(["", "base", "union"], value="", label="Tokenizer source", allow_custom_value=True)
-            template = gr.Dropdown([""] + recipes.chat_template_names(), value="", label="Chat template", allow_custom_value=True)
+            tok = gr.Dropdown(
+                ["", "base", "union"], value="", label="Tokenizer source", allow_custom_value=True
+            )
+            template = gr.Dropdown(
+                [""] + recipes.chat_template_names(),
+                value="",
+                label="Chat template",
+                allow_custom_value=True,
+            )
             dtype = gr.Dropdown(DTYPES, value="float32", label="dtype")
         first_yaml = preview_yaml(
             cpt.value, chat.value, base.value, "linear", params.value, "", "", "float32"
@@ -173,21 +221,42 @@ def build_merge_tab(settings: StudioSettings) -> None:
         form = [cpt, chat, base, method, params, tok, template, dtype]
         gr.api(recipe_api, api_name="recipe")
         method.change(fresh_params, [method], [params], api_name="method_defaults")
-        for trigger in (params.change, cpt.change, chat.change, base.change, tok.change, template.change, dtype.change):
+        for trigger in (
+            params.change,
+            cpt.change,
+            chat.change,
+            base.change,
+            tok.change,
+            template.change,
+            dtype.change,
+        ):
             trigger(preview_yaml, form, [yaml_box], api_visibility="private", queue=False)
 
         def started(status: dict[str, Any]) -> tuple[str, str, gr.Timer, gr.Button]:
-            return status["id"], _progress(status), gr.Timer(active=True), gr.Button(interactive=False)
+            return (
+                status["id"],
+                _progress(status),
+                gr.Timer(active=True),
+                gr.Button(interactive=False),
+            )
 
         run.click(
-            bind(on_merge_start, settings), [yaml_box, out_dir], [job_json], api_name="merge_start", concurrency_limit=1
+            bind(on_merge_start, settings),
+            [yaml_box, out_dir],
+            [job_json],
+            api_name="merge_start",
+            concurrency_limit=1,
         ).success(started, [job_json], [job_id, progress, timer, run], api_visibility="private")
 
         def tick(jid: str) -> tuple[str, gr.Timer, gr.Button]:
             if not jid:
                 return "", gr.Timer(active=False), gr.Button(interactive=True)
             status = status_dict(get_runner(settings).status(jid))
-            return _progress(status), gr.Timer(active=not status["done"]), gr.Button(interactive=status["done"])
+            return (
+                _progress(status),
+                gr.Timer(active=not status["done"]),
+                gr.Button(interactive=status["done"]),
+            )
 
         timer.tick(tick, [job_id], [progress, timer, run], api_visibility="private")
 

