@@ -348,14 +348,7 @@ class _Reply:
 class _Turn:
     user: str
     replies: list[_Reply | None]  # one per column; None = no model in that column
-
-
-class _Control:
-    """The session's lock (one turn at a time) and the running turn's cancel event."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.cancel: threading.Event | None = None
+    request: TurnRequest  # the settings the replies were made with (saved with a vote)
 
 
 @dataclass(frozen=True)
@@ -384,7 +377,8 @@ class ChatSession:
         self.session_id = uuid.uuid4().hex
         self._rng = rng or random.SystemRandom()
         self._pool = pool
-        self._control = _Control()
+        self._lock = threading.Lock()  # one turn at a time per session
+        self._cancel: threading.Event | None = None  # the running turn's
         self._reset()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ChatSession:
@@ -398,11 +392,10 @@ class ChatSession:
         self.blind = False
         self.revealed = False
         self.voted_turns: set[int] = set()
-        self.last_request: TurnRequest | None = None
 
     @property
     def running(self) -> bool:
-        return self._control.lock.locked()
+        return self._lock.locked()
 
     # -- actions --------------------------------------------------------------------------
 
@@ -421,7 +414,7 @@ class ChatSession:
 
     def stop(self) -> bool:
         """Stop the running turn at the next token of each column; False if none was running."""
-        cancel = self._control.cancel
+        cancel = self._cancel
         if cancel is None or not self.running:
             return False
         cancel.set()
@@ -458,7 +451,7 @@ class ChatSession:
             templates={label: r.choice.template or AUTO_TEMPLATE for label, r in shown.items()},
             prompt=turn.user,
             replies={label: r.text for label, r in answered.items()},
-            settings=self._settings_record(),
+            settings=_settings_record(turn.request),
         )
         saved = save_vote(db_path, vote)
         self.voted_turns.add(index)
@@ -523,10 +516,10 @@ class ChatSession:
         replace_last: bool,
     ) -> Iterator[ChatView]:
         # Taken inside the generator: a generator that is never started never releases.
-        if not self._control.lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=False):
             raise StudioError("a reply is still streaming in this chat; press Stop first")
         cancel = threading.Event()
-        self._control.cancel = cancel
+        self._cancel = cancel
         workers: list[threading.Thread] = []
         try:
             if replace_last and self.turns:
@@ -535,8 +528,7 @@ class ChatSession:
             if not self.turns and not replace_last:  # a new conversation sets its mode
                 self.blind, self.revealed = request.blind, False
             self.columns = columns
-            self.last_request = request
-            turn = _Turn(text, [None if c is None else _Reply(c) for c in columns])
+            turn = _Turn(text, [None if c is None else _Reply(c) for c in columns], request)
             histories = [self._history(i, request.system_prompt) for i in range(MAX_COLUMNS)]
             self.turns.append(turn)
             events: queue.Queue[_Delta | _Failed | _Done] = queue.Queue()
@@ -561,8 +553,8 @@ class ChatSession:
             cancel.set()
             for worker in workers:
                 worker.join(timeout=5)
-            self._control.cancel = None
-            self._control.lock.release()
+            self._cancel = None
+            self._lock.release()
 
     def _collect(
         self, turn: _Turn, events: queue.Queue[_Delta | _Failed | _Done], *, pending: int
@@ -652,12 +644,6 @@ class ChatSession:
             )
         return list(self.columns)
 
-    def _settings_record(self) -> dict[str, Any]:
-        request = self.last_request
-        if request is None:
-            return {}
-        return request.settings.model_dump(mode="json") | {"system_prompt": request.system_prompt}
-
 
 @dataclass(frozen=True)
 class _ColumnJob:
@@ -678,6 +664,10 @@ def _resolve_specs(columns: Sequence[ColumnChoice | None]) -> dict[str, ModelSpe
         except ModelError as error:
             raise ModelError(f"model {index + 1}: {error}") from error
     return specs
+
+
+def _settings_record(request: TurnRequest) -> dict[str, Any]:
+    return request.settings.model_dump(mode="json") | {"system_prompt": request.system_prompt}
 
 
 def _vote_choice(choice: str, labels: list[str]) -> str:

@@ -36,6 +36,7 @@ from studio.catalog.registry import (
     entry_for_path,
 )
 from studio.errors import ModelError
+from studio.hf_loading import LOAD_LOCK
 from studio.settings import StudioSettings, load_settings
 
 LOG = logging.getLogger(__name__)
@@ -140,6 +141,11 @@ def _check_name(name: str) -> str:
 
 def _convert(source: Path, out_dir: Path, *, dtype: str) -> None:
     """Write a safetensors model folder for the GGUF `source` into `out_dir`."""
+    with LOAD_LOCK:  # from_pretrained and the meta device are not thread-safe: see hf_loading
+        _convert_unlocked(source, out_dir, dtype=dtype)
+
+
+def _convert_unlocked(source: Path, out_dir: Path, *, dtype: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 

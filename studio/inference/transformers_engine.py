@@ -46,6 +46,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from studio.errors import ModelError
+from studio.hf_loading import LOAD_LOCK
 from studio.inference.chat_format import detect_repetition
 from studio.inference.engine import (
     GenerationChunk,
@@ -150,8 +151,11 @@ class TransformersEngine:
             model_kwargs["use_safetensors"] = True
         dtype = "auto" if self.spec.dtype == "auto" else getattr(torch, self.spec.dtype)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), **common)
-            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, **model_kwargs)
+            with LOAD_LOCK:  # from_pretrained is not thread-safe: see studio.hf_loading
+                tokenizer = AutoTokenizer.from_pretrained(str(folder), **common)
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(folder), dtype=dtype, **model_kwargs
+                )
         except (OSError, ValueError, KeyError) as error:
             raise ModelError(
                 f"cannot load model '{self.spec.name}' from {folder}: {error}; check that the "

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from studio.settings import StudioSettings, load_settings
+from studio.ui.chat_tab import build_chat_tab
 from studio.ui.jobs_tab import build_jobs_tab
 from studio.ui.later_tabs import build_later_tabs
 from studio.ui.merge_tab import build_merge_tab
@@ -29,6 +30,7 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
         with gr.Tabs():
             build_models_tab(settings)
             build_merge_tab(settings)
+            build_chat_tab(settings)
             build_later_tabs()
             build_jobs_tab(settings)
     return demo

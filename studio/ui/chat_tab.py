@@ -4,7 +4,8 @@ Layout and wiring only; the conversation logic is `studio.chat_session.ChatSessi
 browser session in a gr.State. API (gradio_client), inputs in the order the handlers list them:
 
 - /chat (streaming): message, three models, three templates, system prompt, temperature,
-  top_p, max new tokens, seed, blind -> three chatbots, three stats lines
+  top_p, max new tokens, seed, blind -> three chatbots, three stats lines, three column
+  titles (the model, or "Model A" in blind mode)
 - /chat_regenerate: the same without the message; /chat_stop and /chat_clear: no inputs
 - /chat_vote: "A" | "B" | "C" | "tie" | "all bad" -> the saved vote (models revealed)
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import gradio as gr
 
 from studio.chat_session import (
     ALL_BAD,
+    AUTO_TEMPLATE,
     LABELS,
     MAX_COLUMNS,
     TIE,
@@ -188,100 +191,134 @@ def on_vote_reveal(vote: dict[str, Any], session: ChatSession) -> tuple[str, ...
 
 
 def on_blind_change(blind: bool, session: ChatSession) -> str:
+    """Say when the blind switch takes effect (a conversation keeps the mode it started in)."""
     if session.turns and bool(blind) != session.blind:
         return "Blind mode changes with the next conversation: press Clear."
     return "Blind: models are shuffled onto A/B/C; vote to reveal them." if blind else ""
 
 
-def build_chat_tab(settings: StudioSettings) -> None:
-    """The Chat tab (inside a gr.Blocks / gr.Tabs)."""
-    choices = model_choices(settings)
-    templates = template_choices()
-    with gr.Tab("Chat", id="chat"):
-        # gr.State deep-copies this for every browser session; a copy is a new, empty session.
-        session = gr.State(ChatSession())
-        with gr.Row():
-            models = [
-                gr.Dropdown(
-                    choices,
-                    value=starter_path(settings, role),
-                    label=f"Model {i + 1}",
-                    allow_custom_value=True,
-                    scale=3,
-                )
-                for i, role in enumerate(DEFAULT_ROLES)
-            ]
-        with gr.Row():
-            template_boxes = [
-                gr.Dropdown(
-                    templates,
-                    value="auto",
-                    label=f"Chat template {i + 1}",
-                    allow_custom_value=True,
-                    info="auto: the model's own",
-                )
-                for i in range(MAX_COLUMNS)
-            ]
-        titles, bots, stats = _columns()
-        with gr.Row():
-            message = gr.Textbox(
-                show_label=False, placeholder="Ask every model at once…", scale=5, autofocus=True
-            )
-            send = gr.Button("Send", variant="primary", scale=1)
-        with gr.Row():
-            stop = gr.Button("Stop", variant="stop")
-            regenerate = gr.Button("Regenerate")
-            clear = gr.Button("Clear")
-        notice = gr.Markdown()
-        with gr.Accordion("Generation settings", open=False):
-            form = _settings_form()
-        with gr.Row():
-            vote = gr.Radio([*LABELS, TIE, ALL_BAD], label="Which reply is best?", scale=3)
-            vote_btn = gr.Button("Vote", scale=1)
-        vote_json = gr.JSON(label="Vote", visible=False)
+@dataclass(frozen=True)
+class ChatTab:
+    """The tab's components, so the wiring can be written apart from the layout."""
 
-        blind = form[-1]
-        inputs = [*models, *template_boxes, *form, session]
-        outputs = [*bots, *stats, *titles, session]
-        gr.on(
-            [message.submit, send.click],
-            on_chat_submit,
-            [message, *inputs],
-            outputs,
-            api_name="chat",
-            concurrency_id="generate",
-            concurrency_limit=GENERATE_CONCURRENCY,
+    session: gr.State
+    models: list[gr.Dropdown]
+    templates: list[gr.Dropdown]
+    titles: list[gr.Markdown]
+    bots: list[gr.Chatbot]
+    stats: list[gr.Markdown]
+    message: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    regenerate: gr.Button
+    clear: gr.Button
+    notice: gr.Markdown
+    form: list[gr.components.Component]  # system prompt, sampling settings, blind (last)
+    vote: gr.Radio
+    vote_button: gr.Button
+    vote_json: gr.JSON
+
+
+def build_chat_tab(settings: StudioSettings) -> ChatTab:
+    """The Chat tab (inside a gr.Blocks / gr.Tabs), laid out and wired."""
+    with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
+        tab = _layout(settings)
+        _wire(tab, settings)
+    return tab
+
+
+def _layout(settings: StudioSettings) -> ChatTab:
+    choices = model_choices(settings)
+    # gr.State deep-copies this for every browser session; a copy is a new, empty session.
+    session = gr.State(ChatSession())
+    with gr.Row():
+        models = [
+            gr.Dropdown(
+                choices,
+                value=starter_path(settings, role),
+                label=f"Model {i + 1}",
+                allow_custom_value=True,
+            )
+            for i, role in enumerate(DEFAULT_ROLES)
+        ]
+    with gr.Row():
+        templates = [
+            gr.Dropdown(
+                template_choices(),
+                value=AUTO_TEMPLATE,
+                label=f"Chat template {i + 1}",
+                allow_custom_value=True,
+                info="auto: the model's own",
+            )
+            for i in range(MAX_COLUMNS)
+        ]
+    titles, bots, stats = _columns()
+    with gr.Row():
+        message = gr.Textbox(
+            show_label=False, placeholder="Ask every model at once…", scale=5, autofocus=True
         )
-        # A second listener on the same triggers: the box empties at once, while /chat
-        # already has its text (inputs are read when the event fires).
-        gr.on(
-            [message.submit, send.click],
-            lambda: "",
-            None,
-            [message],
-            api_visibility="private",
-            queue=False,
-        )
-        regenerate.click(
-            on_regenerate_click,
-            inputs,
-            outputs,
-            api_name="chat_regenerate",
-            concurrency_id="generate",
-            concurrency_limit=GENERATE_CONCURRENCY,
-        )
-        stop.click(on_stop_click, [session], [notice], api_name="chat_stop")
-        clear.click(on_clear_click, [session], outputs, api_name="chat_clear")
-        vote_btn.click(
-            functools.partial(on_vote_click, settings),
-            [vote, session],
-            [vote_json, session],
-            api_name="chat_vote",
-        ).success(on_vote_reveal, [vote_json, session], [*titles, notice], api_visibility="private")
-        blind.change(on_blind_change, [blind, session], [notice], api_visibility="private")
-        refresh = refreshed_dropdown(settings)
-        for dropdown in models:
-            dropdown.focus(refresh, [dropdown], [dropdown], api_visibility="private")
+        send = gr.Button("Send", variant="primary", scale=1)
+    with gr.Row():
+        stop = gr.Button("Stop", variant="stop")
+        regenerate = gr.Button("Regenerate")
+        clear = gr.Button("Clear")
+    notice = gr.Markdown()
+    with gr.Accordion("Generation settings", open=False):
+        form = _settings_form()
+    with gr.Row():
+        vote = gr.Radio([*LABELS, TIE, ALL_BAD], label="Which reply is best?", scale=3)
+        vote_button = gr.Button("Vote", scale=1)
+    vote_json = gr.JSON(label="Vote", visible=False)
+    return ChatTab(
+        session=session, models=models, templates=templates, titles=titles, bots=bots,
+        stats=stats, message=message, send=send, stop=stop, regenerate=regenerate, clear=clear,
+        notice=notice, form=form, vote=vote, vote_button=vote_button, vote_json=vote_json,
+    )  # fmt: skip
+
+
+def _wire(tab: ChatTab, settings: StudioSettings) -> None:
+    inputs = [*tab.models, *tab.templates, *tab.form, tab.session]
+    outputs = [*tab.bots, *tab.stats, *tab.titles, tab.session]
+    typed = [tab.message.submit, tab.send.click]
+    gr.on(
+        typed,
+        on_chat_submit,
+        [tab.message, *inputs],
+        outputs,
+        api_name="chat",
+        concurrency_id="generate",
+        concurrency_limit=GENERATE_CONCURRENCY,
+    )
+    # A second listener on the same triggers empties the box at once; /chat already has the
+    # text (inputs are read when the event fires).
+    gr.on(typed, lambda: "", None, [tab.message], api_visibility="private", queue=False)
+    tab.regenerate.click(
+        on_regenerate_click,
+        inputs,
+        outputs,
+        api_name="chat_regenerate",
+        concurrency_id="generate",
+        concurrency_limit=GENERATE_CONCURRENCY,
+    )
+    # Not in the "generate" group: Stop must run while replies hold every slot of it.
+    tab.stop.click(on_stop_click, [tab.session], [tab.notice], api_name="chat_stop")
+    tab.clear.click(on_clear_click, [tab.session], outputs, api_name="chat_clear")
+    tab.vote_button.click(
+        functools.partial(on_vote_click, settings),
+        [tab.vote, tab.session],
+        [tab.vote_json, tab.session],
+        api_name="chat_vote",
+    ).success(
+        on_vote_reveal,
+        [tab.vote_json, tab.session],
+        [*tab.titles, tab.notice],
+        api_visibility="private",
+    )
+    blind = tab.form[-1]
+    blind.change(on_blind_change, [blind, tab.session], [tab.notice], api_visibility="private")
+    refresh = refreshed_dropdown(settings)
+    for dropdown in tab.models:
+        dropdown.focus(refresh, [dropdown], [dropdown], api_visibility="private")
 
 
 def _columns() -> tuple[list[gr.Markdown], list[gr.Chatbot], list[gr.Markdown]]:

@@ -59,7 +59,7 @@ def detail(status: dict[str, Any]) -> tuple[str, str]:
 
 def build_jobs_tab(settings: StudioSettings) -> None:
     bind = functools.partial
-    with gr.Tab("Jobs", id="jobs"):
+    with gr.Tab("Jobs", id="jobs", elem_id="jobs-tab"):
         list_jobs = bind(job_rows, settings)
         # value=callable: re-read on every page load, so a reload shows running jobs again.
         table = gr.Dataframe(
@@ -74,6 +74,8 @@ def build_jobs_tab(settings: StudioSettings) -> None:
         log = gr.Code(label="Log tail", language=None)
         timer = gr.Timer(2.0)
 
+        # triggers=None: on every page load too, so a reload shows running jobs again.
+        gr.on(None, list_jobs, None, [table], api_visibility="private", show_progress="hidden")
         timer.tick(list_jobs, None, [table], api_visibility="private", show_progress="hidden")
 
         def pick(evt: gr.SelectData, rows: Any) -> str:

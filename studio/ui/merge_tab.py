@@ -149,7 +149,7 @@ def build_merge_tab(settings: StudioSettings) -> None:
     bind = functools.partial
     choices = model_choices(settings)
     methods = recipes.list_methods()
-    with gr.Tab("Merge", id="merge"):
+    with gr.Tab("Merge", id="merge", elem_id="merge-tab"):
         with gr.Row():
             cpt = gr.Dropdown(
                 choices,

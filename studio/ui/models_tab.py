@@ -115,7 +115,7 @@ def _model_ref(settings: StudioSettings, ref: str) -> str:
 def build_models_tab(settings: StudioSettings) -> None:
     bind = functools.partial
     choices = model_choices(settings)
-    with gr.Tab("Models", id="models"):
+    with gr.Tab("Models", id="models", elem_id="models-tab"):
         table = gr.Dataframe(
             value=catalog_rows(settings),
             headers=CATALOG_HEADERS,

@@ -1,0 +1,103 @@
+"""The studio as a person uses it, in headless Chromium: pick models, run a merge, see it done.
+
+Needs Debian's `chromium` and the `playwright` Python package (scripts/test.sh installs both;
+Playwright's own browser download is never used). Saves the README's screenshots to
+docs/screenshots/ as it goes.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.starter_zoo import ensure_starter_zoo
+from studio.settings import StudioSettings
+from studio.ui import build_app
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, StudioSettings]]:
+    settings = StudioSettings(home=tmp_path_factory.mktemp("browser_home"))
+    ensure_starter_zoo(settings)
+    demo = build_app(settings)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        yield demo.local_url, settings
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url: tuple[str, StudioSettings]) -> Iterator[object]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is not installed: run scripts/test.sh (it installs it)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(app_url[0], wait_until="load")
+        page.get_by_role("tab", name="Models").wait_for()
+        yield page
+        browser.close()
+
+
+def test_models_tab_lists_the_starter_zoo(page: object) -> None:
+    """The first page already has models to work with: the starter zoo is in the catalog."""
+    page.get_by_text("starter-cpt", exact=False).first.wait_for()
+    for name in ("starter-base", "starter-cpt", "starter-chat"):
+        assert page.get_by_text(name, exact=False).count() >= 1
+    page.get_by_role("button", name="Inspect").click()
+    page.get_by_text("LlamaForCausalLM").first.wait_for(timeout=20_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+
+
+def test_merge_tab_runs_a_merge_to_done(page: object, app_url: tuple[str, StudioSettings]) -> None:
+    """Switching to TIES shows its sliders; Run merge ends in 'succeeded' with the folder."""
+    page.get_by_role("tab", name="Merge").click()
+    code = page.locator(".cm-content").first
+    code.wait_for()
+    assert "merge_method: linear" in code.inner_text()
+    page.get_by_label("Merge method").click()
+    page.get_by_role("option", name="TIES", exact=True).click()
+    page.get_by_text("density (CPT)").wait_for(timeout=20_000)
+    page.wait_for_function(
+        "() => document.querySelector('.cm-content').innerText.includes('merge_method: ties')",
+        timeout=20_000,
+    )
+    out_dir = app_url[1].merges_dir / "browser-ties"
+    page.get_by_label("Output folder (empty: under the studio home)").fill(str(out_dir))
+    page.get_by_role("button", name="Run merge").click()
+    page.locator("#merge-tab").get_by_text(re.compile("succeeded")).first.wait_for(timeout=120_000)
+    assert (out_dir / "model.safetensors").is_file()
+    page.screenshot(path=str(SCREENSHOTS / "merge.png"), full_page=True)
+
+
+def test_jobs_tab_shows_the_merge_after_a_reload(page: object) -> None:
+    """History lives in SQLite: a page reload still lists the finished job."""
+    page.reload(wait_until="load")
+    page.get_by_role("tab", name="Jobs").click()
+    page.wait_for_function(
+        "() => document.querySelector('#jobs-tab')?.innerText.includes('succeeded')",
+        timeout=20_000,
+    )
+    page.screenshot(path=str(SCREENSHOTS / "jobs.png"), full_page=True)
