@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 
@@ -31,7 +31,6 @@ from studio.chat_session import (
     TurnRequest,
     turn_request,
 )
-from studio.errors import StudioError
 from studio.inference import GenerationSettings, template_choices
 from studio.settings import StudioSettings
 from studio.ui.common import model_choices, refreshed_dropdown, starter_path, user_errors
@@ -44,27 +43,6 @@ DEFAULT_ROLES = ("cpt", "chat", "base")
 # requests at once only slice the same device thinner, so a few stream and the rest queue.
 GENERATE_CONCURRENCY = 3
 DEFAULTS = GenerationSettings.model_fields
-
-G = TypeVar("G", bound=Callable[..., Iterator[Any]])
-
-
-def streamed_user_errors(fn: G) -> G:
-    """`user_errors` for generator handlers: a StudioError raised mid-stream becomes a gr.Error
-    (the plain decorator only sees the call that creates the generator)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        try:
-            yield from fn(*args, **kwargs)
-        except StudioError as error:
-            raise gr.Error(str(error), print_exception=False) from error
-        except gr.Error:
-            raise
-        except Exception as error:  # a bug, not the user's fault: keep the app serving
-            LOG.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
-
-    return wrapper  # type: ignore[return-value]
 
 
 def view_outputs(view: ChatView, session: ChatSession) -> tuple[Any, ...]:
@@ -100,7 +78,7 @@ def request_from_form(
     )
 
 
-@streamed_user_errors
+@user_errors
 def on_chat_submit(
     message: str,
     model_a: str | None,
@@ -132,7 +110,7 @@ def on_chat_submit(
         yield view_outputs(view, session)
 
 
-@streamed_user_errors
+@user_errors
 def on_regenerate_click(
     model_a: str | None,
     model_b: str | None,

@@ -6,9 +6,11 @@ The only place (with the tab modules) where gradio is imported; core functions r
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -24,12 +26,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(fn: F) -> F:
-    """Show a StudioError as a readable gr.Error; anything else is logged and said plainly."""
+    """Show a StudioError as a readable gr.Error; anything else is logged and said plainly.
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    Works for generator handlers too (streaming chat): there the error is raised mid-stream,
+    after the call that created the generator has returned."""
+
+    @contextlib.contextmanager
+    def translated() -> Iterator[None]:
         try:
-            return fn(*args, **kwargs)
+            yield
         except StudioError as error:
             raise gr.Error(str(error), print_exception=False) from error
         except gr.Error:
@@ -38,7 +43,36 @@ def user_errors(fn: F) -> F:
             LOG.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
 
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def streaming(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            with translated():
+                yield from fn(*args, **kwargs)
+
+        return streaming  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with translated():
+            return fn(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
+
+
+def parent_dropdowns(settings: StudioSettings) -> tuple[gr.Dropdown, gr.Dropdown, gr.Dropdown]:
+    """CPT, chat and base pickers, preselected on the starter zoo (call inside a gr.Row)."""
+    choices = model_choices(settings)
+    return tuple(  # type: ignore[return-value]
+        gr.Dropdown(
+            choices, value=starter_path(settings, role), label=label, allow_custom_value=True
+        )
+        for role, label in (
+            ("cpt", "CPT checkpoint"),
+            ("chat", "Chat model"),
+            ("base", "Base model"),
+        )
+    )
 
 
 def api_dict(model: BaseModel, **dump_options: Any) -> dict[str, Any]:

@@ -22,10 +22,9 @@ from studio.jobs import get_runner
 from studio.merging import start_merge_job
 from studio.settings import StudioSettings
 from studio.ui.common import (
-    model_choices,
+    parent_dropdowns,
     progress_html,
     refreshed_dropdown,
-    starter_path,
     user_errors,
 )
 from studio.ui.jobs_tab import status_dict
@@ -147,28 +146,10 @@ def _param_component(spec: recipes.ParamSpec, value: Any, label: str) -> gr.Comp
 
 def build_merge_tab(settings: StudioSettings) -> None:
     bind = functools.partial
-    choices = model_choices(settings)
     methods = recipes.list_methods()
     with gr.Tab("Merge", id="merge", elem_id="merge-tab"):
         with gr.Row():
-            cpt = gr.Dropdown(
-                choices,
-                value=starter_path(settings, "cpt"),
-                label="CPT checkpoint",
-                allow_custom_value=True,
-            )
-            chat = gr.Dropdown(
-                choices,
-                value=starter_path(settings, "chat"),
-                label="Chat model",
-                allow_custom_value=True,
-            )
-            base = gr.Dropdown(
-                choices,
-                value=starter_path(settings, "base"),
-                label="Base model",
-                allow_custom_value=True,
-            )
+            cpt, chat, base = parent_dropdowns(settings)
         method = gr.Dropdown(
             [(m.pretty_name, m.name) for m in methods], value="linear", label="Merge method"
         )

@@ -10,7 +10,14 @@ import gradio as gr
 
 from studio import catalog, recipes
 from studio.settings import StudioSettings
-from studio.ui.common import api_dict, model_choices, refreshed_dropdown, starter_path, user_errors
+from studio.ui.common import (
+    api_dict,
+    model_choices,
+    parent_dropdowns,
+    refreshed_dropdown,
+    starter_path,
+    user_errors,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -135,24 +142,7 @@ def build_models_tab(settings: StudioSettings) -> None:
 
         gr.Markdown("### Compatibility")
         with gr.Row():
-            cpt = gr.Dropdown(
-                choices,
-                value=starter_path(settings, "cpt"),
-                label="CPT checkpoint",
-                allow_custom_value=True,
-            )
-            chat = gr.Dropdown(
-                choices,
-                value=starter_path(settings, "chat"),
-                label="Chat model",
-                allow_custom_value=True,
-            )
-            base = gr.Dropdown(
-                choices,
-                value=starter_path(settings, "base"),
-                label="Base model",
-                allow_custom_value=True,
-            )
+            cpt, chat, base = parent_dropdowns(settings)
         with gr.Row():
             method = gr.Dropdown(
                 [m.name for m in recipes.list_methods()], value="ties", label="Method"
