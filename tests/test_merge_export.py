@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedTokenizerFast
 
 from pipelines.tiny_models import CHATML_TEMPLATE, TinyShape, build_tiny_llama
-from studio.errors import JobError, ModelError, RecipeError
+from studio.errors import CompatibilityError, JobError, ModelError, RecipeError
 from studio.jobs import JobState, get_runner
 from studio.merging import merge_to_folder, start_merge_job
 from studio.recipes import MergeRecipe, RecipeModel, recipe_to_yaml
@@ -335,3 +335,23 @@ def test_start_merge_job_rejects_an_invalid_recipe_before_starting(
     with pytest.raises(RecipeError, match="slerp"):
         start_merge_job(recipe)
     assert get_runner().list() == []
+
+
+def test_start_merge_job_refuses_incompatible_models_before_any_job(
+    tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """The compatibility report runs first (headers only): a shape mismatch is a sentence
+    naming the tensor, and no job, history or folder appears."""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tiny_family["base"])
+    odd = build_tiny_llama(tmp_path / "odd", tokenizer, shape=TinyShape(hidden_size=48))
+    recipe = MergeRecipe(
+        method="linear",
+        models=(
+            RecipeModel(path=str(tiny_family["cpt"]), parameters={"weight": 0.5}),
+            RecipeModel(path=str(odd), parameters={"weight": 0.5}),
+        ),
+    )
+    with pytest.raises(CompatibilityError, match=r"tensor \S+ has shape .*hidden size 32 vs 48"):
+        start_merge_job(recipe, tmp_path / "out")
+    assert get_runner().list() == []
+    assert leftovers(tmp_path, "out") == []

@@ -42,6 +42,7 @@ from mergekit.plan import MergePlanner
 from mergekit.tokenizer import TokenizerInfo
 from pydantic import ValidationError
 
+from studio.catalog import check_compatibility, inspect_model
 from studio.errors import JobError, ModelError, RecipeError
 from studio.jobs import JobRecord, JobRunner, get_runner, new_job_id
 from studio.merging.card import build_model_card, parent_models
@@ -282,6 +283,7 @@ def start_merge_job(
     # 1) validate, and make every local model path absolute (relative ones read as Hub ids)
     validate_recipe(recipe)
     recipe = resolve_paths(recipe)
+    check_recipe_models(recipe, settings)
     # 2) where
     out = _output_folder(recipe, out_dir, settings)
     refuse_existing_output(out)
@@ -309,6 +311,31 @@ def start_merge_job(
         if not _recorded(runner, job_id):  # a recorded job keeps its folder (log, YAML)
             shutil.rmtree(job_dir, ignore_errors=True)
         raise
+
+
+def check_recipe_models(recipe: MergeRecipe, settings: StudioSettings) -> None:
+    """Refuse a merge that cannot work before a job starts or any weights are read.
+
+    Inspects every local model (headers only: refuses pickle-only, remote-code, unknown or
+    corrupt models) and runs the compatibility report (shapes, layers, vocab vs the recipe's
+    tokenizer source). Hub ids are left to the worker, which downloads them.
+    """
+    paths = [m.path for m in recipe.models]
+    roles = ["cpt", "chat"] if len(paths) == 2 else [f"model {i + 1}" for i in range(len(paths))]
+    named = dict(zip(roles, paths, strict=True)) | ({"base": recipe.base} if recipe.base else {})
+    infos = {
+        role: inspect_model(path, settings=settings)
+        for role, path in named.items()
+        if Path(path).is_absolute() and Path(path).exists()
+    }
+    if len(infos) < 2:
+        return
+    source = recipe.tokenizer_source
+    roles_by_path = {path: role for role, path in named.items()}
+    report = check_compatibility(
+        infos, method=recipe.method, tokenizer_source=roles_by_path.get(source or "", source)
+    )
+    report.raise_if_blocked()
 
 
 def _recorded(runner: JobRunner, job_id: str) -> bool:
