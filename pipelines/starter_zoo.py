@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipelines.tiny_models import build_tiny_family
+from pipelines.tiny_models import CHATML_TEMPLATE, build_tiny_family
 from studio.settings import StudioSettings, load_settings
 
 LOG = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ def ensure_starter_zoo(settings: StudioSettings | None = None) -> dict[str, Path
         work = settings.models_dir / f"{PREFIX}zoo.partial"
         shutil.rmtree(work, ignore_errors=True)
         built = build_tiny_family(work / "family", steps=20)
+        # The toy family shares one tokenizer; giving base and CPT the chat model's template
+        # lets the Chat tab's three columns answer on first start with no template to pick
+        # (a real CPT checkpoint usually has none: the Chat tab then asks for one by name).
+        for role in ("base", "cpt"):
+            (built[role] / "chat_template.jinja").write_text(CHATML_TEMPLATE, encoding="utf-8")
         for role, target in paths.items():
             shutil.rmtree(target, ignore_errors=True)
             built[role].rename(target)
