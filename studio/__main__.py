@@ -7,6 +7,10 @@
     python -m studio methods [METHOD]            # mergekit's methods and their parameters
     python -m studio merge RECIPE.yml [--out DIR] [--detach]
     python -m studio jobs | job ID | cancel ID
+    python -m studio chat MODEL [MODEL ...] --prompt TEXT [--system TEXT] [--template NAME]
+                     [--temperature 0] [--max-new-tokens 64] [--seed N]
+    python -m studio preview RECIPE.yml [--prompt TEXT]   # live in-memory merge + quick probe
+    python -m studio diagnose RECIPE.yml [--density 0.5]  # task-vector diagnostics per layer
 
 MODEL is a catalog name (see `models`) or a folder. Add --json to any command for JSON output.
 A user error prints one sentence and exits with status 2.
@@ -25,8 +29,18 @@ from typing import Any
 
 from studio import catalog, recipes
 from studio.errors import StudioError
+from studio.inference import (
+    ChatMessage,
+    GenerationResult,
+    ModelSpec,
+    chat,
+    generation_settings,
+    get_pool,
+)
 from studio.jobs import JobStatus, get_runner
 from studio.merging import start_merge_job
+from studio.merging.diagnostics import DiagnosticRow, DiagnosticsReport
+from studio.merging.preview import LivePreview, PreviewResult, ProbeResult, probe_settings
 from studio.settings import load_settings
 
 LOG = logging.getLogger(__name__)
@@ -191,6 +205,120 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chat_messages(args: argparse.Namespace) -> list[ChatMessage]:
+    system = [ChatMessage(role="system", content=args.system)] if args.system else []
+    return [*system, ChatMessage(role="user", content=args.prompt)]
+
+
+def format_reply(model: str, result: GenerationResult) -> str:
+    stats = (
+        f"[{result.tokens} tokens, {result.tokens_per_second:.1f} tokens/s,"
+        f" stopped by {result.stop_reason}]"
+    )
+    return f"== {model}\n{result.text}\n{stats}"
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    settings = generation_settings(
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    messages = _chat_messages(args)
+    # Every spec is checked before any model loads: a typo fails fast, not after a long load.
+    specs = [(ref, ModelSpec.from_path(_model_path(ref))) for ref in args.models]
+    replies = []
+    for ref, spec in specs:
+        with get_pool().lease(spec) as engine:
+            replies.append((ref, chat(engine, messages, settings, template=args.template)))
+    data = [
+        {
+            "model": ref,
+            "text": r.text,
+            "stop_reason": r.stop_reason,
+            "tokens": r.tokens,
+            "tokens_per_second": r.tokens_per_second,
+        }
+        for ref, r in replies
+    ]
+    _emit(args, data, "\n\n".join(format_reply(ref, r) for ref, r in replies))
+    return 0
+
+
+def _read_recipe(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")  # OSError -> one sentence in main()
+
+
+def _ppl(value: float | None) -> str:
+    return "not finite" if value is None else f"{value:.2f}"
+
+
+def format_probe(probe: ProbeResult) -> str:
+    top = ", ".join(f"{t.text!r} {t.probability:.2f}" for t in probe.top_tokens) or "-"
+    return (
+        f"{probe.label:24} domain ppl {_ppl(probe.domain_perplexity):>10}"
+        f"  general ppl {_ppl(probe.general_perplexity):>10}  next: {top}"
+    )
+
+
+def format_preview(result: PreviewResult) -> str:
+    lines = [f"{result.method} merge, prompt {result.prompt!r}", format_probe(result.merged)]
+    lines += [format_probe(p) for p in result.parents]
+    lines.append(
+        f"load {result.load_seconds:.2f} s, merge {result.merge_seconds:.3f} s,"
+        f" probe {result.probe_seconds:.3f} s"
+    )
+    return "\n".join(lines)
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    recipe = _read_recipe(args.recipe)
+    probe = probe_settings(prompt=args.prompt)
+    preview = LivePreview(settings=load_settings())
+    try:
+        result = preview.update(recipe, probe=probe)
+    finally:
+        preview.close()  # a one-shot CLI run keeps no merged model around
+    _emit(args, result.to_json(), format_preview(result))
+    return 0
+
+
+DIAGNOSTIC_HEADER = (
+    f"{'layer':>5} {'group':10} {'|a-base|':>9} {'|b-base|':>9} {'cos(ta,tb)':>10}"
+    f" {'cos(a,b)':>9} {'trimmed':>8} {'conflict':>8} {'dropped':>8}"
+)
+
+
+def format_diagnostic_row(row: DiagnosticRow) -> str:
+    layer = "-" if row.layer is None else str(row.layer)
+    return (
+        f"{layer:>5} {row.group:10} {row.task_vector_norm_a:9.4f} {row.task_vector_norm_b:9.4f}"
+        f" {row.task_vector_cosine:10.3f} {row.parent_cosine:9.3f} {row.trimmed_fraction:8.3f}"
+        f" {row.sign_conflict_fraction:8.3f} {row.election_dropped_fraction:8.3f}"
+    )
+
+
+def format_diagnostics(report: DiagnosticsReport) -> str:
+    lines = [
+        f"a = {report.model_a}, b = {report.model_b}, base = {report.base},"
+        f" density {report.density}",
+        DIAGNOSTIC_HEADER,
+        *(format_diagnostic_row(row) for row in report.rows),
+        "summary",
+        format_diagnostic_row(report.summary),
+    ]
+    return "\n".join(lines)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    recipe = _read_recipe(args.recipe)
+    preview = LivePreview(settings=load_settings())
+    try:
+        report = preview.diagnose(recipe, density=args.density)
+    finally:
+        preview.close()
+    _emit(args, report.records(), format_diagnostics(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -238,6 +366,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a running job")
     p.add_argument("job_id")
     p.set_defaults(fn=cmd_cancel)
+
+    p = sub.add_parser("chat", help="each model answers the same prompt")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--template", help="chat template name or jinja (default: the model's own)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (deterministic)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(fn=cmd_chat)
+
+    p = sub.add_parser("preview", help="live in-memory merge of a recipe, then a quick probe")
+    p.add_argument("recipe")
+    p.add_argument("--prompt", help="show the most likely next tokens after this text")
+    p.set_defaults(fn=cmd_preview)
+
+    p = sub.add_parser("diagnose", help="task-vector diagnostics of a recipe's two parents")
+    p.add_argument("recipe")
+    p.add_argument("--density", type=float, default=0.5)
+    p.set_defaults(fn=cmd_diagnose)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,122 @@ def test_merge_refuses_an_existing_output_folder_and_writes_nothing(
     assert code == 2 and "already exists" in err
     assert list(out_dir.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "r.yml"]
+
+
+# -- chat, preview, diagnose ---------------------------------------------------------------------
+
+
+def test_chat_greedy_prints_what_a_direct_chat_gives(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]
+) -> None:
+    from studio.inference import (
+        ChatMessage,
+        ModelSpec,
+        chat,
+        generation_settings,
+        get_pool,
+    )
+
+    model = str(tiny_family["chat"])
+    argv = ["--prompt", "hi", "--system", "be brief", "--template", "chatml"]
+    code, out, err = run_cli(capsys, "--json", "chat", model, *argv, "--max-new-tokens", "8")
+    assert code == 0, err
+    [reply] = json.loads(out)
+    messages = [
+        ChatMessage(role="system", content="be brief"),
+        ChatMessage(role="user", content="hi"),
+    ]
+    settings = generation_settings(temperature=0.0, max_new_tokens=8)
+    with get_pool().lease(ModelSpec.from_path(model)) as engine:
+        direct = chat(engine, messages, settings, template="chatml")
+    assert reply["model"] == model
+    assert (reply["text"], reply["stop_reason"], reply["tokens"]) == (
+        direct.text,
+        direct.stop_reason,
+        direct.tokens,
+    )
+    code, out, _ = run_cli(capsys, "chat", model, *argv, "--max-new-tokens", "8")
+    assert code == 0
+    assert direct.text in out and f"stopped by {direct.stop_reason}" in out
+
+
+def test_chat_with_two_models_prints_two_blocks(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path]
+) -> None:
+    models = [str(tiny_family["chat"]), str(tiny_family["cpt"])]
+    code, out, err = run_cli(
+        capsys, "chat", *models, "--prompt", "hi", "--template", "chatml", "--max-new-tokens", "4"
+    )
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line.startswith("== ")] == [
+        f"== {m}" for m in models
+    ]
+    assert out.count("tokens/s") == 2
+
+
+def _write_recipe(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+def test_preview_prints_finite_perplexities(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = _write_recipe(
+        tmp_path / "linear.yml",
+        f"merge_method: linear\nmodels:\n"
+        f"  - model: {tiny_family['cpt']}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {tiny_family['chat']}\n    parameters: {{weight: 0.5}}\ndtype: float32\n",
+    )
+    code, out, err = run_cli(capsys, "--json", "preview", str(recipe), "--prompt", "The sun")
+    assert code == 0, err
+    result = json.loads(out)
+    probes = [result["merged"], *result["parents"]]
+    assert result["method"] == "linear" and result["prompt"] == "The sun"
+    assert len(probes) == 3
+    for probe in probes:
+        for key in ("domain_perplexity", "general_perplexity"):
+            assert probe[key] is not None and math.isfinite(probe[key])
+        assert probe["top_tokens"]
+    code, out, _ = run_cli(capsys, "preview", str(recipe))
+    assert code == 0
+    assert out.splitlines()[1].startswith("merged") and "not finite" not in out
+
+
+def test_diagnose_prints_a_row_for_each_layer(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    recipe = _write_recipe(
+        tmp_path / "ties.yml",
+        f"merge_method: ties\nbase_model: {tiny_family['base']}\nmodels:\n"
+        f"  - model: {tiny_family['cpt']}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+        f"  - model: {tiny_family['chat']}\n    parameters: {{weight: 0.5, density: 0.5}}\n"
+        "dtype: float32\n",
+    )
+    code, out, err = run_cli(capsys, "--json", "diagnose", str(recipe), "--density", "0.5")
+    assert code == 0, err
+    records = json.loads(out)
+    assert {r["layer"] for r in records if r["layer"] is not None} == {0, 1}
+    code, out, _ = run_cli(capsys, "diagnose", str(recipe))
+    assert code == 0
+    layers = {line.split()[0] for line in out.splitlines()[2:] if line.split()[0].isdigit()}
+    assert layers == {"0", "1"}
+    assert "summary" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["chat", "/no/such/model", "--prompt", "hi"], "does not exist"),
+        (["chat", "nosuchname", "--prompt", "hi"], "no model called 'nosuchname'"),
+        (["preview", "/no/such/recipe.yml"], "No such file"),
+        (["diagnose", "/no/such/recipe.yml"], "No such file"),
+    ],
+)
+def test_chat_preview_diagnose_user_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
