@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.starter_zoo import ensure_starter_zoo
 from studio.settings import StudioSettings
-from studio.ui import build_app
+from studio.ui import build_app, launch_kwargs
 
 pytestmark = pytest.mark.browser
 
@@ -39,7 +39,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stu
     settings = StudioSettings(home=tmp_path_factory.mktemp("browser_home"))
     ensure_starter_zoo(settings)
     demo = build_app(settings)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs())  # the real theme
     try:
         yield demo.local_url, settings
     finally:
