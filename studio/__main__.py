@@ -11,6 +11,10 @@
                      [--temperature 0] [--max-new-tokens 64] [--seed N]
     python -m studio preview RECIPE.yml [--prompt TEXT]   # live in-memory merge + quick probe
     python -m studio diagnose RECIPE.yml [--density 0.5]  # task-vector diagnostics per layer
+    python -m studio score MODEL [MODEL ...] [--recipe R.yml] [--task FILE ...] [--limit N]
+                     [--fewshot K] [--csv OUT.csv]      # accuracy / perplexity side by side
+    python -m studio sweep RECIPE.yml --parameter weight --values 0,0.25,0.5,0.75,1
+                     [--task FILE ...] [--limit N] [--csv OUT.csv]   # score vs merge parameter
 
 MODEL is a catalog name (see `models`) or a folder. Add --json to any command for JSON output.
 A user error prints one sentence and exits with status 2.
@@ -28,7 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from studio import catalog, recipes
-from studio.errors import StudioError
+from studio.errors import StudioError, validated
+from studio.evaluation import jobs as scoring_jobs
+from studio.evaluation.scoring import ScoreSettings
+from studio.evaluation.sweeps import (
+    ScoreReport,
+    ScoreRequest,
+    ScoreTarget,
+    SweepError,
+    SweepRequest,
+)
+from studio.evaluation.tasks import demo_task_paths
 from studio.inference import (
     ChatMessage,
     GenerationResult,
@@ -319,6 +333,90 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_files(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --task files (absolute), or every demo task when none is given."""
+    if args.task:
+        return tuple(str(Path(t).expanduser().resolve()) for t in args.task)
+    return tuple(str(p) for p in demo_task_paths().values())
+
+
+def _score_settings(args: argparse.Namespace) -> ScoreSettings:
+    return validated(ScoreSettings, SweepError, num_fewshot=args.fewshot, limit=args.limit)
+
+
+def format_report(report: ScoreReport) -> str:
+    headers, rows = report.table()
+    lines = ["\t".join(headers)]
+    lines += ["\t".join("" if c is None else str(c) for c in row) for row in rows]
+    cached = sum(r.cached for r in report.rows)
+    return "\n".join(lines) + f"\n({len(report.rows)} scores, {cached} from the cache)"
+
+
+def _run_scoring(args: argparse.Namespace, record_id: str) -> int:
+    settings = load_settings()
+    if args.detach:
+        _emit(args, {"job": record_id}, f"started job {record_id}")
+        return 0
+    status = _follow(get_runner(settings).status, record_id, quiet=args.json)
+    report = scoring_jobs.read_report(record_id, settings=settings)
+    if report is None:
+        _emit(args, status.record.model_dump(), format_status(status))
+        return 1
+    if args.csv:
+        Path(args.csv).write_text(report.to_csv(), encoding="utf-8")
+    _emit(args, report.to_json(), format_report(report))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    targets = [
+        ScoreTarget(label=Path(_model_path(m)).name, model=_model_path(m)) for m in args.models
+    ]
+    for path in args.recipe or ():
+        text = Path(path).read_text(encoding="utf-8")
+        targets.append(ScoreTarget(label=Path(path).stem, recipe=text))
+    request = validated(
+        ScoreRequest,
+        SweepError,
+        targets=tuple(targets),
+        tasks=_task_files(args),
+        settings=_score_settings(args),
+    )
+    record = scoring_jobs.start_score_job(request, settings=load_settings())
+    return _run_scoring(args, record.id)
+
+
+def _values(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as error:
+        raise StudioError(f"--values must be numbers separated by commas; got '{text}'") from error
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    request = validated(
+        SweepRequest,
+        SweepError,
+        recipe=Path(args.recipe).read_text(encoding="utf-8"),
+        parameter=args.parameter,
+        values=_values(args.values),
+        model_index=args.model_index,
+        include_parents=not args.no_parents,
+        tasks=_task_files(args),
+        settings=_score_settings(args),
+    )
+    record = scoring_jobs.start_sweep_job(request, settings=load_settings())
+    return _run_scoring(args, record.id)
+
+
+def _scoring_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", action="append", help="task file (repeat); default: the demo tasks")
+    p.add_argument("--limit", type=int, help="quick mode: score only the first N items")
+    p.add_argument("--fewshot", type=int, default=0, help="few-shot examples per question")
+    p.add_argument("--csv", help="also write the scores to this CSV file")
+    p.add_argument("--detach", action="store_true", help="start the job and return")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m studio", description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -386,6 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--density", type=float, default=0.5)
     p.set_defaults(fn=cmd_diagnose)
+
+    p = sub.add_parser("score", help="score models (and merges) on tasks, side by side")
+    p.add_argument("models", nargs="*", metavar="MODEL")
+    p.add_argument("--recipe", action="append", help="also score this merge, merged in memory")
+    _scoring_options(p)
+    p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("sweep", help="score a merge at each value of one parameter")
+    p.add_argument("recipe")
+    p.add_argument("--parameter", required=True, help="t, weight, density, lambda, ...")
+    p.add_argument("--values", required=True, help="comma-separated values, e.g. 0,0.5,1")
+    p.add_argument("--model-index", type=int, help="vary only this model's parameter")
+    p.add_argument("--no-parents", action="store_true", help="do not score the recipe's models")
+    _scoring_options(p)
+    p.set_defaults(fn=cmd_sweep)
     return parser
 
 

@@ -6,6 +6,12 @@ Write messages for a domain expert: name the field, the value, and the fix
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
 
 class StudioError(Exception):
     """A problem the user can fix; str(error) is the sentence to show them."""
@@ -25,3 +31,21 @@ class RecipeError(StudioError):
 
 class JobError(StudioError):
     """A background job cannot be started, found or cancelled."""
+
+
+def first_problem(error: ValidationError) -> str:
+    """One sentence from a pydantic error: our validators' message, or field + reason."""
+    first = error.errors()[0]
+    message = str(first.get("msg", error)).removeprefix("Value error, ")
+    if first.get("type") == "value_error":
+        return message
+    field = ".".join(str(p) for p in first.get("loc", ()))
+    return f"{field}: {message} (got {first.get('input')!r})"
+
+
+def validated(model: type[M], error: type[StudioError], /, **values: Any) -> M:
+    """`model(**values)`, or `error` with one sentence naming the bad field."""
+    try:
+        return model(**values)
+    except ValidationError as problem:
+        raise error(first_problem(problem)) from problem

@@ -4,7 +4,11 @@
   metric (default: cosine between the two task vectors, and the sign-conflict fraction at the
   chosen density) -- the picture behind "TIES helps only when task vectors interfere";
 - `norms_chart`: ||parent - base|| per (layer, group) for both parents;
-- `probe_chart`: domain and general perplexity of the live-merged model next to its parents.
+- `probe_chart`: domain and general perplexity of the live-merged model next to its parents;
+- `sweep_chart`: score against the swept merge parameter, one line per task with error bars,
+  the parents as dashed reference lines, one panel per metric (accuracy up, perplexity down);
+- `scores_chart`: the primary metric of each scored model per task, side by side;
+- `train_chart`: a training run's loss and held-out losses by step, the LR on a second axis.
 
 Every figure's data holds the report's numbers as they are (missing or NaN cells are None), so
 a test can read them back exactly.
@@ -27,7 +31,9 @@ from plotly.subplots import make_subplots
 from studio.merging.diagnostics import GROUPS, DiagnosticRow, DiagnosticsReport
 
 if TYPE_CHECKING:
+    from studio.evaluation.sweeps import ScoreReport, ScoreRow
     from studio.merging.preview import ProbeResult
+    from studio.training import TrainStatus
 
 LOG = logging.getLogger(__name__)
 
@@ -165,4 +171,113 @@ def probe_chart(
         title=title or "Perplexity (lower is better): merged vs parents",
         yaxis_title="perplexity",
     )
+    return fig
+
+
+def _metric_panels(rows: Sequence[ScoreRow]) -> list[str]:
+    return list(dict.fromkeys(r.metric for r in rows))
+
+
+def sweep_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
+    """Score vs the swept parameter; parents (and other unswept models) as dashed lines."""
+    rows = report.rows
+    metrics = _metric_panels(rows) or ["score"]
+    fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics)
+    points = [r for r in rows if r.value is not None]
+    xs = sorted({r.value for r in points if r.value is not None})
+    lo, hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    for panel, metric in enumerate(metrics, start=1):
+        for task in dict.fromkeys(r.task for r in rows if r.metric == metric):
+            line = sorted(
+                (r for r in points if r.task == task and r.metric == metric),
+                key=lambda r: r.value or 0.0,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=[r.value for r in line],
+                    y=[_number(r.score) for r in line],
+                    error_y={"type": "data", "array": [r.stderr or 0.0 for r in line]},
+                    mode="lines+markers",
+                    name=task,
+                    legendgroup=task,
+                ),
+                row=panel,
+                col=1,
+            )
+            for ref in (r for r in rows if r.value is None and r.task == task):
+                fig.add_trace(
+                    go.Scatter(
+                        x=[lo, hi],
+                        y=[_number(ref.score)] * 2,
+                        mode="lines",
+                        line={"dash": "dash"},
+                        name=f"{ref.label} · {task}",
+                        legendgroup=task,
+                    ),
+                    row=panel,
+                    col=1,
+                )
+    fig.update_xaxes(title_text=report.parameter or "parameter", row=len(metrics), col=1)
+    fig.update_layout(
+        title=title or f"Score against {report.parameter or 'the merge parameter'}",
+        height=320 * len(metrics),
+    )
+    return fig
+
+
+def scores_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
+    """Grouped bars: per task (x), one bar per scored model, with its standard error."""
+    rows = report.rows
+    tasks = list(dict.fromkeys(f"{r.task} ({r.metric})" for r in rows))
+    fig = go.Figure()
+    for label in dict.fromkeys(r.label for r in rows):
+        mine = {f"{r.task} ({r.metric})": r for r in rows if r.label == label}
+        fig.add_trace(
+            go.Bar(
+                name=label,
+                x=tasks,
+                y=[_number(mine[t].score) if t in mine else None for t in tasks],
+                error_y={
+                    "type": "data",
+                    "array": [(mine[t].stderr or 0.0) if t in mine else 0.0 for t in tasks],
+                },
+                texttemplate="%{y:.3g}",
+            )
+        )
+    fig.update_layout(barmode="group", title=title or "Scores: merged vs parents")
+    return fig
+
+
+def train_chart(status: TrainStatus, *, title: str | None = None) -> go.Figure:
+    """Training loss and every eval set's loss against step; learning rate on the right axis."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    steps = [p.step for p in status.history]
+    fig.add_trace(
+        go.Scatter(x=steps, y=[_number(p.loss) for p in status.history], name="train loss"),
+        secondary_y=False,
+    )
+    for name in dict.fromkeys(k for e in status.evals for k in e.losses):
+        points = [e for e in status.evals if name in e.losses]
+        fig.add_trace(
+            go.Scatter(
+                x=[e.step for e in points],
+                y=[_number(e.losses[name]) for e in points],
+                mode="lines+markers",
+                name=f"eval loss: {name}",
+            ),
+            secondary_y=False,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=[p.lr for p in status.history],
+            name="learning rate",
+            line={"dash": "dot"},
+        ),
+        secondary_y=True,
+    )
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="loss", secondary_y=False)
+    fig.update_yaxes(title_text="learning rate", secondary_y=True)
+    fig.update_layout(title=title or f"{status.kind.upper()} run: loss and learning rate")
     return fig

@@ -238,3 +238,52 @@ def test_chat_preview_diagnose_user_errors_exit_2(
     assert code == 2
     assert err.startswith("error: ") and message in err
     assert "Traceback" not in err
+
+
+def test_score_and_sweep_print_tables_and_write_csv(
+    capsys: pytest.CaptureFixture[str], tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """score: one row per model; sweep: the weight=0 point equals the first parent's score."""
+    task = tmp_path / "mc.jsonl"
+    rows = [
+        {"question": "the capital of france is", "options": ["paris", "a cat"], "answer": 0},
+        {"question": "two plus two is", "options": ["four", "green"], "answer": 0},
+    ]
+    task.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    code, out, _ = run_cli(
+        capsys, "--json", "score", str(tiny_family["cpt"]), "--task", str(task), "--limit", "2"
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert [(r["label"], r["n"]) for r in report["rows"]] == [("cpt", 2)]
+
+    recipe = tmp_path / "linear.yml"
+    recipe.write_text(
+        "merge_method: linear\ndtype: float32\nmodels:\n"
+        f"  - model: {tiny_family['cpt']}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {tiny_family['chat']}\n    parameters: {{weight: 0.5}}\n",
+        encoding="utf-8",
+    )
+    out_csv = tmp_path / "sweep.csv"
+    code, out, _ = run_cli(
+        capsys,
+        "sweep",
+        str(recipe),
+        "--parameter",
+        "weight",
+        "--values",
+        "0,1",
+        "--task",
+        str(task),
+        "--csv",
+        str(out_csv),
+    )
+    assert code == 0
+    assert out.splitlines()[0].startswith("model\tweight\t")
+    lines = out_csv.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + 4  # header + 2 points + 2 parents
+    by_label = {line.split(",")[0]: float(line.split(",")[5]) for line in lines[1:]}
+    assert by_label["weight=0"] == pytest.approx(by_label["cpt"], abs=1e-5)
+
+    code, _, err = run_cli(capsys, "sweep", str(recipe), "--parameter", "t", "--values", "0.5")
+    assert code == 2 and "no parameter 't'" in err

@@ -418,6 +418,92 @@ class TransformersEngine:
             )
         return out
 
+    def score_token_groups(
+        self,
+        groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+        *,
+        batch_size: int = 8,
+    ) -> list[list[LogLikelihood]]:
+        """Log-likelihoods of continuations sharing a context, each context run once.
+
+        `groups` holds (context ids, [continuation ids, ...]); token ids must already fit the
+        model (the caller truncates). Up to `batch_size` contexts run in one left-padded pass
+        that keeps their KV cache; the cache is repeated once per continuation and every
+        continuation runs in a second pass. The values equal `score_loglikelihoods` on the same
+        tokens (to float rounding) while each multiple-choice question's context is computed
+        once, not once per option: the scoring fast path.
+        """
+        results: list[list[LogLikelihood]] = [[] for _ in groups]
+        # Similar lengths in one batch keep padding small.
+        order = sorted(
+            range(len(groups)),
+            key=lambda g: -len(groups[g][0]) - max((len(c) for c in groups[g][1]), default=0),
+        )
+        with self._lock, torch.no_grad():
+            model = self._require_model()
+            pad, device = self._pad_id(model), model.device
+            for start in range(0, len(order), batch_size):
+                batch = [groups[g] for g in order[start : start + batch_size]]
+                # 1) contexts, left-padded so every row's last logit predicts its first token
+                width = max(len(ctx) for ctx, _ in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (G, Tc)
+                mask = torch.zeros_like(ids)
+                for g, (ctx, _) in enumerate(batch):
+                    ids[g, width - len(ctx) :] = torch.tensor(list(ctx))
+                    mask[g, width - len(ctx) :] = 1
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                first = model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=True,
+                    **({"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}),
+                )
+                head = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (G, V)
+                # 2) every continuation of 2+ tokens reads its group's cache (rows: (g, k))
+                rows = [(g, k) for g, (_, conts) in enumerate(batch) for k, c in enumerate(conts)]
+                long_rows = [(g, k) for g, k in rows if len(batch[g][1][k]) > 1]
+                tail: torch.Tensor | None = None
+                if long_rows:
+                    span = max(len(batch[g][1][k]) - 1 for g, k in long_rows)
+                    ids2 = torch.full((len(long_rows), span), pad, dtype=torch.long)  # (R, To)
+                    mask2 = torch.zeros_like(ids2)
+                    for r, (g, k) in enumerate(long_rows):
+                        cont = list(batch[g][1][k])[:-1]
+                        ids2[r, : len(cont)] = torch.tensor(cont)
+                        mask2[r, : len(cont)] = 1
+                    owner = torch.tensor([g for g, _ in long_rows])
+                    cache = getattr(first, "cache", None) or first.past_key_values
+                    cache.batch_select_indices(owner.to(device))
+                    # transformers >= 5.2x names the argument `cache` (past_key_values is going)
+                    name = "cache" if _accepts(model, "cache") else "past_key_values"
+                    lengths = mask.sum(-1)[owner]  # (R,) real context tokens per row
+                    positions2 = lengths[:, None] + torch.arange(span)[None, :]
+                    second = model(
+                        input_ids=ids2.to(device),
+                        attention_mask=torch.cat([mask[owner], mask2], dim=1).to(device),
+                        position_ids=positions2.to(device),
+                        use_cache=True,
+                        **{name: cache},
+                    )
+                    tail = torch.log_softmax(second.logits.float(), dim=-1)  # (R, To, V)
+                where = {row: r for r, row in enumerate(long_rows)}
+                for g, k in rows:
+                    ctx, conts = batch[g]
+                    cont = list(conts[k])
+                    target = torch.tensor(cont, device=head.device)
+                    dist = head[g : g + 1]  # (1, V): predicts the first continuation token
+                    if (g, k) in where and tail is not None:
+                        dist = torch.cat([dist, tail[where[(g, k)], : len(cont) - 1]], dim=0)
+                    token_logprobs = dist.gather(1, target[:, None]).squeeze(1)  # (K,)
+                    greedy = bool((dist.argmax(dim=-1) == target).all())
+                    results[order[start + g]].append(
+                        LogLikelihood(
+                            tuple(ctx), tuple(cont), tuple(token_logprobs.tolist()), greedy
+                        )
+                    )
+        return results
+
     # -- live weights -------------------------------------------------------------------------
 
     def replace_weights(self, named_tensors: NamedTensors) -> int:

@@ -145,7 +145,8 @@ class JobRunner:
                 proc = subprocess.Popen(
                     command,
                     cwd=REPO_ROOT,
-                    env=_child_env(env),
+                    # The worker's studio home is this runner's (its result cache, catalog).
+                    env=_child_env({"STUDIO_HOME": str(self.settings.home), **(env or {})}),
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,

@@ -376,20 +376,8 @@ class LivePreview:
         probe = probe or ProbeSettings()
         config = parse_recipe(recipe)
         with self._lock:
-            # 1) the merger and the merged model's engine, reused when the models are held
-            started = time.perf_counter()
-            reused, loaded = self._prepare(config, engine=True)
-            load_seconds = time.perf_counter() - started if loaded else 0.0
-            merger, engine = self._merger, self._engine
-            assert merger is not None and engine is not None  # set by _prepare
-            # 2) merge into the engine's parameters (no second copy of the merged model)
-            started = time.perf_counter()
-            stats = merger.merge_into(
-                engine.model, config, seed=self._seed, exact_ties=self._exact_ties
-            )
-            # An empty replacement bumps weights_version, so caches keyed on it reset.
-            engine.replace_weights(())
-            merge_seconds = time.perf_counter() - started
+            # 1) + 2) load what is not held yet, merge into the engine's parameters in place
+            engine, stats, reused, load_seconds, merge_seconds = self._merge(config)
             # 3) probe the merged model, then the parents not probed yet
             started = time.perf_counter()
             merged = probe_model(engine.model, engine.tokenizer, probe, label="merged")
@@ -418,6 +406,35 @@ class LivePreview:
             weights_version=version,
             prompt=probe.prompt,
         )
+
+    def merge(self, recipe: MergeRecipe | str) -> tuple[TransformersEngine, LiveMergeStats]:
+        """Merge `recipe` into the session's model in place, without probing (sweeps use this).
+
+        The engine stays owned by this preview: score it before the next merge changes it.
+        """
+        config = parse_recipe(recipe)
+        with self._lock:
+            engine, stats, *_ = self._merge(config)
+        return engine, stats
+
+    def _merge(
+        self, config: MergeConfiguration
+    ) -> tuple[TransformersEngine, LiveMergeStats, bool, float, float]:
+        """(engine, stats, merger reused, load seconds, merge seconds); caller holds the lock."""
+        # 1) the merger and the merged model's engine, reused when the models are held
+        started = time.perf_counter()
+        reused, loaded = self._prepare(config, engine=True)
+        load_seconds = time.perf_counter() - started if loaded else 0.0
+        merger, engine = self._merger, self._engine
+        assert merger is not None and engine is not None  # set by _prepare
+        # 2) merge into the engine's parameters (no second copy of the merged model)
+        started = time.perf_counter()
+        stats = merger.merge_into(
+            engine.model, config, seed=self._seed, exact_ties=self._exact_ties
+        )
+        # An empty replacement bumps weights_version, so caches keyed on it reset.
+        engine.replace_weights(())
+        return engine, stats, reused, load_seconds, time.perf_counter() - started
 
     def diagnose(self, recipe: MergeRecipe | str, *, density: float = 0.5) -> DiagnosticsReport:
         """Task-vector diagnostics of the recipe's two parents against the held base.

@@ -19,7 +19,7 @@ import yaml
 from mergekit.common import ModelReference
 from pydantic import ValidationError
 
-from studio.errors import RecipeError
+from studio.errors import RecipeError, first_problem
 from studio.recipes.methods import MethodSpec, get_method, mergekit_spec
 from studio.recipes.recipe import (
     DTYPES,
@@ -128,7 +128,7 @@ def recipe_from_mapping(data: Mapping[str, Any]) -> MergeRecipe:
     try:
         recipe = MergeRecipe(**fields)
     except ValidationError as error:
-        raise RecipeError(_first_problem(error)) from error
+        raise RecipeError(first_problem(error)) from error
     validate_recipe(recipe)
     return recipe
 
@@ -293,13 +293,3 @@ def _read_dtype(data: Mapping[str, Any], field: str) -> str | None:
     if value is not None and value not in DTYPES:
         raise RecipeError(dtype_problem(field, value))
     return value
-
-
-def _first_problem(error: ValidationError) -> str:
-    """One sentence from a pydantic error: our validators' message, or field + reason."""
-    first = error.errors()[0]
-    message = str(first.get("msg", error)).removeprefix("Value error, ")
-    if first.get("type") == "value_error":
-        return message
-    field = ".".join(str(p) for p in first.get("loc", ()))
-    return f"{field}: {message} (got {first.get('input')!r})"

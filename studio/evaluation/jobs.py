@@ -1,0 +1,136 @@
+"""Score and sweep runs as background jobs: what the Score tab, the CLI and /score, /sweep call.
+
+Scoring loads models and runs them for seconds to hours, so it runs in a job-runner subprocess
+(studio.evaluation.worker) like a merge export: cancel kills it, the app never blocks, the Jobs
+tab shows its progress. The request is validated here (tasks load, recipes parse, sweep values
+are in range) so a bad request is refused in a sentence before any job starts.
+
+    record = start_sweep_job(SweepRequest(...), owner=session)
+    runner.wait(record.id, timeout=600)
+    report = read_report(record.id)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from studio.errors import JobError
+from studio.evaluation.results import ResultStore
+from studio.evaluation.sweeps import (
+    Progress,
+    ScoreReport,
+    ScoreRequest,
+    SweepRequest,
+    run_scores,
+    run_sweep,
+    with_parameter,
+)
+from studio.evaluation.tasks import load_task
+from studio.jobs.runner import JobRunner, get_runner
+from studio.jobs.store import JobRecord, new_job_id
+from studio.recipes.recipe import resolve_paths, validate_recipe
+from studio.recipes.yaml_io import recipe_from_yaml
+from studio.settings import StudioSettings, load_settings
+
+WORKER_MODULE = "studio.evaluation.worker"
+REQUEST_FILE = "request.json"
+REPORT_FILE = "report.json"
+
+
+def run_request(
+    spec: Mapping[str, Any],
+    *,
+    store: ResultStore | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> ScoreReport:
+    """Run a `{"kind": "score"|"sweep", "request": {...}}` spec in this process."""
+    if spec.get("kind") == "sweep":
+        sweep = SweepRequest.model_validate(spec["request"])
+        return run_sweep(sweep, store=store, progress=progress, cancel=cancel)
+    request = ScoreRequest.model_validate(spec["request"])
+    return run_scores(request, store=store, progress=progress, cancel=cancel)
+
+
+def check_request(request: ScoreRequest | SweepRequest) -> None:
+    """Refuse a request that cannot run, before any job starts (StudioError with a sentence)."""
+    for path in request.tasks:
+        load_task(path)
+    recipes = [request.recipe] if isinstance(request, SweepRequest) else []
+    recipes += [t.recipe for t in getattr(request, "targets", ()) if t.recipe is not None]
+    for text in recipes:
+        recipe = resolve_paths(recipe_from_yaml(text))
+        validate_recipe(recipe)
+        if isinstance(request, SweepRequest):
+            for value in request.values:
+                with_parameter(recipe, request.parameter, value, model_index=request.model_index)
+
+
+def start_score_job(
+    request: ScoreRequest,
+    *,
+    runner: JobRunner | None = None,
+    settings: StudioSettings | None = None,
+    owner: str | None = None,
+) -> JobRecord:
+    """Score models and merges on tasks in a background job."""
+    labels = ", ".join(t.label for t in request.targets)
+    return _start("score", f"score {labels}", request, runner, settings, owner)
+
+
+def start_sweep_job(
+    request: SweepRequest,
+    *,
+    runner: JobRunner | None = None,
+    settings: StudioSettings | None = None,
+    owner: str | None = None,
+) -> JobRecord:
+    """Sweep one merge parameter and score every point in a background job."""
+    span = f"{min(request.values):g}..{max(request.values):g}"
+    title = f"sweep {request.parameter} {span} ({len(request.values)} points)"
+    return _start("sweep", title, request, runner, settings, owner)
+
+
+def _start(
+    kind: str,
+    title: str,
+    request: ScoreRequest | SweepRequest,
+    runner: JobRunner | None,
+    settings: StudioSettings | None,
+    owner: str | None,
+) -> JobRecord:
+    check_request(request)
+    settings = settings or (runner.settings if runner is not None else load_settings())
+    runner = runner or get_runner(settings)
+    job_id = new_job_id()
+    job_dir = runner.settings.jobs_dir / job_id
+    job_dir.mkdir(parents=True)
+    request_path = job_dir / REQUEST_FILE
+    spec = {"kind": kind, "request": request.model_dump(mode="json")}
+    request_path.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    try:
+        return runner.start(
+            kind=kind,
+            title=title,
+            module=WORKER_MODULE,
+            args=["--request", str(request_path), "--out", str(job_dir / REPORT_FILE)],
+            owner=owner,
+            job_id=job_id,
+        )
+    except JobError:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+
+
+def read_report(job_id: str, *, settings: StudioSettings | None = None) -> ScoreReport | None:
+    """The finished job's report, or None while it runs (or if it failed)."""
+    settings = settings or load_settings()
+    path = Path(settings.jobs_dir) / job_id / REPORT_FILE
+    if not path.is_file():
+        return None
+    return ScoreReport.from_json(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,498 @@
+"""Score runs and sweeps: models and live merges scored on tasks, each score cached.
+
+Two requests, one report:
+
+- `ScoreRequest`: score a few targets (model folders, or merge recipes merged live in memory)
+  on a few tasks -- the "parents vs merged side by side" table;
+- `SweepRequest`: vary ONE merge parameter (t, weight, density, lambda, ...) over N values with
+  the live merger (no disk writes), score every point on the tasks; the recipe's own models are
+  scored too as the curve's reference lines (the study's "score against merge weight" chart).
+
+Both produce a `ScoreReport` of `ScoreRow`s (target, parameter value, task, metric, value,
+stderr) that the table, the plotly chart (studio.plots.sweep_chart) and the CSV export read.
+Every (model or merge point, task, settings, engine) is looked up in the `ResultStore` first,
+so revisiting a point is instant.
+
+How a sweep sets its parameter (`with_parameter`): a global parameter (t, lambda) is set on the
+recipe; a per-model one is set on every non-base model, except `weight` on a two-model merge,
+which is the weight of the SECOND model with the first getting 1 - value (the axis runs from the
+first model, 0, to the second, 1), unless `model_index` names the one model to vary.
+
+These run in a job worker (studio.evaluation.worker); the functions take progress and cancel
+callbacks so the worker reports progress and stops promptly.
+
+    report = run_sweep(SweepRequest(recipe=yaml_text, parameter="weight", values=(0, .5, 1),
+                                    tasks=(task_path,)), store=ResultStore(db))
+    report.to_csv()
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from studio.errors import StudioError
+from studio.evaluation.results import (
+    ResultStore,
+    folder_fingerprint,
+    recipe_fingerprint,
+    score_key,
+)
+from studio.evaluation.scoring import ScoreSettings, TaskScore, score_task
+from studio.evaluation.tasks import Task, load_task
+from studio.inference.engine import InferenceEngine, ModelSpec
+from studio.recipes.methods import ParamScope, get_method
+from studio.recipes.recipe import MergeRecipe, RecipeModel, resolve_paths, validate_recipe
+from studio.recipes.yaml_io import recipe_from_yaml, recipe_to_yaml
+
+LOG = logging.getLogger(__name__)
+
+ScoreDtype = Literal["float32", "bfloat16", "float16"]
+TargetKind = Literal["model", "merge", "parent"]
+# DARE/DELLA masks: the same seed as the live preview, so a sweep point equals what the Merge
+# tab showed for the same sliders.
+SWEEP_SEED = 0
+MAX_SWEEP_POINTS = 50
+
+Progress = Callable[[int, int, str], None]
+
+
+class SweepError(StudioError):
+    """A score or sweep request cannot run as asked."""
+
+
+class ScoreTarget(BaseModel, frozen=True):
+    """One thing to score: a model folder, or a merge recipe merged live in memory."""
+
+    label: str = Field(description="name shown in the table and the chart")
+    model: str | None = Field(default=None, description="model folder")
+    recipe: str | None = Field(default=None, description="mergekit YAML of a merge")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScoreTarget:
+        if (self.model is None) == (self.recipe is None):
+            raise ValueError(f"target '{self.label}': give either a model folder or a recipe")
+        return self
+
+
+class _Request(BaseModel, frozen=True):
+    tasks: tuple[str, ...] = Field(description="task files (JSONL, Parquet, CSV, txt)")
+    settings: ScoreSettings = Field(default_factory=ScoreSettings)
+    dtype: ScoreDtype = Field(default="float32", description="dtype the models are scored in")
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("choose at least one task")
+        return value
+
+
+class ScoreRequest(_Request, frozen=True):
+    targets: tuple[ScoreTarget, ...] = Field(description="models and merges to score")
+
+    @field_validator("targets")
+    @classmethod
+    def _some_targets(cls, value: tuple[ScoreTarget, ...]) -> tuple[ScoreTarget, ...]:
+        if not value:
+            raise ValueError("choose at least one model to score")
+        return value
+
+
+class SweepRequest(_Request, frozen=True):
+    recipe: str = Field(description="mergekit YAML of the merge whose parameter is swept")
+    parameter: str = Field(description="the parameter to vary: t, weight, density, lambda, ...")
+    values: tuple[float, ...] = Field(description="the parameter values, in order")
+    model_index: int | None = Field(
+        default=None, description="vary this model's per-model parameter only (0-based)"
+    )
+    include_parents: bool = Field(default=True, description="also score the recipe's models")
+
+    @field_validator("values")
+    @classmethod
+    def _point_count(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not 1 <= len(value) <= MAX_SWEEP_POINTS:
+            raise ValueError(f"a sweep has 1 to {MAX_SWEEP_POINTS} points; got {len(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One (target, task) score; `value` is the swept parameter's value at a merge point."""
+
+    label: str
+    kind: TargetKind
+    value: float | None
+    task: str
+    metric: str
+    score: float
+    stderr: float | None
+    n: int
+    cached: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    rows: tuple[ScoreRow, ...]
+    parameter: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "parameter": self.parameter,
+            "rows": [asdict(r) for r in self.rows],
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScoreReport:
+        rows = tuple(ScoreRow(**r) for r in data.get("rows", ()))
+        return cls(rows=rows, parameter=data.get("parameter"), details=data.get("details", {}))
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        columns = ["label", "kind", "value", "task", "metric", "score", "stderr", "n", "cached"]
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow(asdict(row))
+        return out.getvalue()
+
+    def table(self) -> tuple[list[str], list[list[Any]]]:
+        """(headers, rows): one row per target, one column per task's primary metric."""
+        tasks = list(dict.fromkeys(r.task for r in self.rows))
+        targets = list(dict.fromkeys((r.label, r.value) for r in self.rows))
+        by_key = {(r.label, r.value, r.task): r for r in self.rows}
+        headers = ["model", *(self.parameter and [self.parameter] or [])]
+        headers += [f"{t} ({_metric_of(self.rows, t)})" for t in tasks]
+        body = []
+        for label, value in targets:
+            line: list[Any] = [label, *([value] if self.parameter else [])]
+            for task in tasks:
+                row = by_key.get((label, value, task))
+                line.append(None if row is None else _cell(row))
+            body.append(line)
+        return headers, body
+
+
+def _metric_of(rows: Sequence[ScoreRow], task: str) -> str:
+    return next(r.metric for r in rows if r.task == task)
+
+
+def _cell(row: ScoreRow) -> str:
+    text = f"{row.score:.4g}"
+    return text if row.stderr is None else f"{text} ± {row.stderr:.2g}"
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def with_parameter(
+    recipe: MergeRecipe, name: str, value: float, *, model_index: int | None = None
+) -> MergeRecipe:
+    """`recipe` with parameter `name` set to `value` (see the module docstring for the rule)."""
+    spec = get_method(recipe.method).param(name)  # RecipeError naming the method's parameters
+    if spec.kind in ("bool", "str"):
+        raise SweepError(f"{name} is a {spec.kind} setting; sweep a numeric parameter")
+    number: float | int = int(round(value)) if spec.kind == "int" else float(value)
+    if spec.scope == ParamScope.GLOBAL:
+        updated = recipe.model_copy(update={"parameters": {**recipe.parameters, name: number}})
+    else:
+        updated = recipe.model_copy(
+            update={"models": _per_model(recipe, name, number, model_index)}
+        )
+    validate_recipe(updated)  # RecipeError: "density 1.5 is out of range ..."
+    return updated
+
+
+def _per_model(
+    recipe: MergeRecipe, name: str, value: float | int, model_index: int | None
+) -> tuple[RecipeModel, ...]:
+    models = list(recipe.models)
+    if model_index is not None and not 0 <= model_index < len(models):
+        raise SweepError(
+            f"model_index {model_index} is out of range; this recipe has {len(models)} models"
+        )
+    varied = [i for i, m in enumerate(models) if m.path != recipe.base]
+    if model_index is not None:
+        varied = [model_index]
+    elif name == "weight" and len(varied) == 2:
+        # The merge-weight axis: first model at 0, second at 1.
+        first, second = varied
+        models[first] = _set(models[first], name, 1.0 - value)
+        varied = [second]
+    for i in varied:
+        models[i] = _set(models[i], name, value)
+    return tuple(models)
+
+
+def _set(model: RecipeModel, name: str, value: float | int) -> RecipeModel:
+    return model.model_copy(update={"parameters": {**model.parameters, name: value}})
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class _Counter:
+    """Items scored so far out of all, reported through `progress`."""
+
+    total: int
+    progress: Progress | None
+    done: int = 0
+
+    def advance(self, items: int, message: str) -> None:
+        self.done += items
+        if self.progress is not None:
+            self.progress(self.done, self.total, message)
+
+
+class _Scorer:
+    """Scores engines on the loaded tasks, through the cache."""
+
+    def __init__(
+        self,
+        request: _Request,
+        *,
+        store: ResultStore | None,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+        points: int,
+    ) -> None:
+        self.settings = request.settings
+        self.dtype = request.dtype
+        self.store = store
+        self.cancel = cancel
+        self.tasks = [load_task(path) for path in request.tasks]
+        per_point = sum(self._items(t) for t in self.tasks)
+        self.counter = _Counter(total=per_point * points, progress=progress)
+        self.engine_key = f"transformers/{self.dtype}"
+        self.rows: list[ScoreRow] = []
+        self._opened: list[InferenceEngine] = []
+
+    def _items(self, task: Task) -> int:
+        limit = self.settings.limit
+        return len(task.items) if limit is None else min(limit, len(task.items))
+
+    def score(
+        self,
+        *,
+        label: str,
+        kind: TargetKind,
+        value: float | None,
+        fingerprint: str,
+        engine: Callable[[], InferenceEngine],
+    ) -> None:
+        """Add rows for one target: cached scores, else scored with the engine `engine()` makes."""
+        self._check_cancel()
+        loaded: InferenceEngine | None = None
+        for task in self.tasks:
+            key = self._key(fingerprint, task)
+            hit = self.store.get(key) if self.store is not None else None
+            if hit is not None:
+                self._add(label, kind, value, hit.score, cached=True)
+                self.counter.advance(self._items(task), f"{label}: {task.name} (cached)")
+                continue
+            loaded = loaded or engine()
+            done_before = self.counter.done
+            score = score_task(
+                loaded,
+                task,
+                self.settings,
+                progress=lambda done, _total, task=task, base=done_before: self._item_progress(
+                    base, done, f"{label}: {task.name}"
+                ),
+                cancel=self.cancel,
+            )
+            self.counter.done = done_before
+            self.counter.advance(self._items(task), f"{label}: {task.name} done")
+            if self.store is not None:
+                self.store.put(
+                    key,
+                    label=label,
+                    model_fingerprint=fingerprint,
+                    task=task,
+                    settings=self.settings,
+                    score=score,
+                )
+            self._add(label, kind, value, score, cached=False)
+
+    def _item_progress(self, base: int, done: int, message: str) -> None:
+        self.counter.done = base
+        self.counter.advance(done, message)
+
+    def _key(self, fingerprint: str, task: Task) -> str:
+        return score_key(fingerprint, task, self.settings, engine=self.engine_key)
+
+    def _add(
+        self, label: str, kind: TargetKind, value: float | None, score: TaskScore, *, cached: bool
+    ) -> None:
+        metric, number, stderr = score.primary
+        self.rows.append(
+            ScoreRow(
+                label=label,
+                kind=kind,
+                value=value,
+                task=score.task,
+                metric=metric,
+                score=number,
+                stderr=stderr,
+                n=score.n,
+                cached=cached,
+                seconds=0.0 if cached else round(score.seconds, 3),
+            )
+        )
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise SweepError("scoring was cancelled")
+
+    def folder_engine(self, folder: str) -> Callable[[], InferenceEngine]:
+        def make() -> InferenceEngine:
+            from studio.inference.transformers_engine import TransformersEngine
+
+            engine = TransformersEngine(ModelSpec.from_path(folder, dtype=self.dtype))
+            engine.load()
+            self._opened.append(engine)
+            return engine
+
+        return make
+
+    def release(self) -> None:
+        """Unload the folder engines opened so far (one model in memory at a time)."""
+        for engine in self._opened:
+            engine.unload()
+        self._opened = []
+        gc.collect()
+
+
+def _parse_recipe(text: str) -> MergeRecipe:
+    recipe = resolve_paths(recipe_from_yaml(text))
+    validate_recipe(recipe)
+    return recipe
+
+
+def run_scores(
+    request: ScoreRequest,
+    *,
+    store: ResultStore | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> ScoreReport:
+    """Score every target on every task (cached scores reused); one model loaded at a time."""
+    from studio.merging.preview import LivePreview
+
+    started = time.perf_counter()
+    points = len(request.targets)
+    scorer = _Scorer(request, store=store, progress=progress, cancel=cancel, points=points)
+    preview: LivePreview | None = None
+    try:
+        for target in request.targets:
+            if target.model is not None:
+                folder = str(Path(target.model).expanduser().resolve())
+                scorer.score(
+                    label=target.label,
+                    kind="model",
+                    value=None,
+                    fingerprint=folder_fingerprint(folder),
+                    engine=scorer.folder_engine(folder),
+                )
+            else:
+                recipe = _parse_recipe(target.recipe or "")
+                preview = preview or LivePreview(seed=SWEEP_SEED)
+                scorer.score(
+                    label=target.label,
+                    kind="merge",
+                    value=None,
+                    fingerprint=recipe_fingerprint(recipe, seed=SWEEP_SEED),
+                    engine=lambda recipe=recipe, preview=preview: preview.merge(recipe)[0],
+                )
+            scorer.release()
+    finally:
+        scorer.release()
+        if preview is not None:
+            preview.close()
+    return ScoreReport(
+        rows=tuple(scorer.rows), details={"seconds": round(time.perf_counter() - started, 2)}
+    )
+
+
+def run_sweep(
+    request: SweepRequest,
+    *,
+    store: ResultStore | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> ScoreReport:
+    """Score the recipe at every value of the swept parameter, and its models as references."""
+    from studio.merging.preview import LivePreview
+
+    started = time.perf_counter()
+    base_recipe = _parse_recipe(request.recipe)
+    # Every point is checked before anything loads: a bad value fails in a second, not midway.
+    points = [
+        (
+            value,
+            with_parameter(base_recipe, request.parameter, value, model_index=request.model_index),
+        )
+        for value in request.values
+    ]
+    parents = _parent_folders(base_recipe) if request.include_parents else []
+    scorer = _Scorer(
+        request,
+        store=store,
+        progress=progress,
+        cancel=cancel,
+        points=len(points) + len(parents),
+    )
+    preview = LivePreview(seed=SWEEP_SEED)
+    try:
+        for value, recipe in points:
+            scorer.score(
+                label=f"{request.parameter}={value:g}",
+                kind="merge",
+                value=value,
+                fingerprint=recipe_fingerprint(recipe, seed=SWEEP_SEED),
+                engine=lambda recipe=recipe: preview.merge(recipe)[0],
+            )
+        preview.close()  # the parents are scored one at a time, without the merger's memory
+        for folder in parents:
+            scorer.score(
+                label=Path(folder).name,
+                kind="parent",
+                value=None,
+                fingerprint=folder_fingerprint(folder),
+                engine=scorer.folder_engine(folder),
+            )
+            scorer.release()
+    finally:
+        preview.close()
+        scorer.release()
+    return ScoreReport(
+        rows=tuple(scorer.rows),
+        parameter=request.parameter,
+        details={
+            "seconds": round(time.perf_counter() - started, 2),
+            "recipe": recipe_to_yaml(base_recipe),
+            "method": base_recipe.method,
+        },
+    )
+
+
+def _parent_folders(recipe: MergeRecipe) -> list[str]:
+    """The merged models (and the base, if separate), in recipe order, each once."""
+    folders = [m.path for m in recipe.models]
+    if recipe.base:
+        folders.append(recipe.base)
+    return list(dict.fromkeys(folders))

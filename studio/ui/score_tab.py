@@ -1,0 +1,261 @@
+"""Score tab: parents and merge side by side on benchmark tasks and domain perplexity, and
+curves of score against one merge parameter.
+
+Thin wiring: the form becomes a `ScoreRequest` / `SweepRequest` (studio.evaluation.sweeps),
+started as a background job (studio.evaluation.jobs); a timer polls the job and, when it ends,
+shows its report as a table, a plotly chart and a CSV file. /score, /sweep and /score_report
+are the same calls for gradio_client.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.errors import validated
+from studio.evaluation import jobs as scoring_jobs
+from studio.evaluation.scoring import ScoreSettings
+from studio.evaluation.sweeps import (
+    ScoreReport,
+    ScoreRequest,
+    ScoreTarget,
+    SweepError,
+    SweepRequest,
+)
+from studio.evaluation.tasks import demo_task_paths
+from studio.forms import MergeChoice, build_recipe
+from studio.jobs import get_runner
+from studio.plots import scores_chart, sweep_chart
+from studio.recipes.yaml_io import recipe_to_yaml
+from studio.settings import StudioSettings
+from studio.ui.common import parent_dropdowns, progress_html, starter_path, user_errors
+from studio.ui.jobs_tab import status_dict
+
+LOG = logging.getLogger(__name__)
+
+SWEEP_PARAMETERS = ["weight", "t", "density", "lambda", "epsilon"]
+MAX_POINTS = 21
+
+
+def default_recipe_yaml(settings: StudioSettings) -> str:
+    """An even linear merge of the starter CPT and chat models ('' without a starter zoo)."""
+    cpt, chat = starter_path(settings, "cpt"), starter_path(settings, "chat")
+    if not (cpt and chat):
+        return ""
+    recipe = build_recipe(
+        MergeChoice(method="linear", cpt=cpt, chat=chat, model_params={}, dtype="float32")
+    )
+    return recipe_to_yaml(recipe)
+
+
+def _tasks(chosen: list[str] | None, extra: str | None) -> tuple[str, ...]:
+    files = list(chosen or [])
+    files += [line.strip() for line in (extra or "").splitlines() if line.strip()]
+    return tuple(str(Path(f).expanduser().resolve()) for f in dict.fromkeys(files))
+
+
+def _settings(quick: bool, limit: float | None, fewshot: float | None) -> ScoreSettings:
+    return validated(
+        ScoreSettings,
+        SweepError,
+        limit=int(limit) if quick and limit else None,
+        num_fewshot=int(fewshot or 0),
+    )
+
+
+def _owner(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+@user_errors
+def on_score_start(
+    settings: StudioSettings,
+    cpt: str | None,
+    chat: str | None,
+    recipe_yaml: str | None,
+    tasks: list[str] | None,
+    extra_tasks: str | None,
+    quick: bool,
+    limit: float | None,
+    fewshot: float | None,
+    request: gr.Request | None = None,
+) -> dict[str, Any]:
+    """Score the CPT model, the chat model and the merge on the tasks (a job; API: /score)."""
+    targets = [
+        ScoreTarget(label=f"{role}: {Path(path).name}", model=path)
+        for role, path in (("cpt", cpt), ("chat", chat))
+        if path
+    ]
+    if recipe_yaml and recipe_yaml.strip():
+        targets.append(ScoreTarget(label="merged", recipe=recipe_yaml))
+    score_request = validated(
+        ScoreRequest,
+        SweepError,
+        targets=tuple(targets),
+        tasks=_tasks(tasks, extra_tasks),
+        settings=_settings(quick, limit, fewshot),
+    )
+    record = scoring_jobs.start_score_job(score_request, settings=settings, owner=_owner(request))
+    return status_dict(get_runner(settings).status(record.id))
+
+
+@user_errors
+def on_sweep_start(
+    settings: StudioSettings,
+    recipe_yaml: str | None,
+    parameter: str,
+    start: float,
+    stop: float,
+    points: float,
+    tasks: list[str] | None,
+    extra_tasks: str | None,
+    quick: bool,
+    limit: float | None,
+    fewshot: float | None,
+    request: gr.Request | None = None,
+) -> dict[str, Any]:
+    """Score the merge at `points` values of `parameter` from start to stop (API: /sweep)."""
+    count = int(points)
+    if not 2 <= count <= MAX_POINTS:
+        raise SweepError(f"points must be between 2 and {MAX_POINTS}; got {count}")
+    step = (float(stop) - float(start)) / (count - 1)
+    values = tuple(round(float(start) + i * step, 6) for i in range(count))
+    sweep_request = validated(
+        SweepRequest,
+        SweepError,
+        recipe=recipe_yaml or "",
+        parameter=parameter,
+        values=values,
+        tasks=_tasks(tasks, extra_tasks),
+        settings=_settings(quick, limit, fewshot),
+    )
+    record = scoring_jobs.start_sweep_job(sweep_request, settings=settings, owner=_owner(request))
+    return status_dict(get_runner(settings).status(record.id))
+
+
+@user_errors
+def on_score_report(settings: StudioSettings, job_id: str) -> dict[str, Any]:
+    """A score/sweep job's status and, once it has finished, its report (API: /score_report)."""
+    status = status_dict(get_runner(settings).status(job_id.strip()))
+    report = scoring_jobs.read_report(job_id.strip(), settings=settings)
+    return {"status": status, "report": report.to_json() if report else None}
+
+
+def show_report(
+    settings: StudioSettings, job_id: str
+) -> tuple[str, Any, Any, str | None, gr.Timer]:
+    """Timer tick: progress while the job runs; table, chart and CSV once it has finished."""
+    if not job_id:
+        return "", gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
+    result = on_score_report(settings, job_id)
+    status = result["status"]
+    label = f"{status['state']}: {status['message'] or status['title']}"
+    if status.get("error"):
+        label += f" · {status['error']}"
+    bar = progress_html(status["progress_done"], status["progress_total"], label)
+    if result["report"] is None:
+        return bar, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=not status["done"])
+    report = ScoreReport.from_json(result["report"])
+    headers, rows = report.table()
+    chart = sweep_chart(report) if report.parameter else scores_chart(report)
+    csv_path = Path(settings.jobs_dir) / job_id / "scores.csv"
+    csv_path.write_text(report.to_csv(), encoding="utf-8")
+    table = gr.Dataframe(value=rows, headers=headers)
+    return bar, table, chart, str(csv_path), gr.Timer(active=False)
+
+
+def build_score_tab(settings: StudioSettings) -> None:
+    bind = functools.partial
+    demo = demo_task_paths()
+    with gr.Tab("Score", id="score", elem_id="score-tab"):
+        gr.Markdown(
+            "Score the CPT checkpoint, the chat model and their merge on multiple-choice tasks "
+            "(accuracy, length-normalised as lm-eval's acc_norm) and perplexity tasks, or sweep "
+            "one merge parameter and plot score against it. Scores are cached: a point scored "
+            "once comes back instantly."
+        )
+        with gr.Row():
+            cpt, chat, _base = parent_dropdowns(settings)
+        recipe = gr.Code(
+            value=lambda: default_recipe_yaml(settings),
+            language="yaml",
+            label="Merge to score (mergekit YAML; copy it from the Merge tab; empty: parents only)",
+        )
+        with gr.Row():
+            tasks = gr.CheckboxGroup(
+                [(name, str(path)) for name, path in demo.items()],
+                value=[str(path) for path in demo.values()],
+                label="Tasks (the studio's demo tasks)",
+            )
+            extra = gr.Textbox(
+                label="More task files, one path per line",
+                placeholder="/data/medmcqa_dev.jsonl",
+                lines=2,
+            )
+        with gr.Row():
+            quick = gr.Checkbox(value=True, label="Quick mode (first N items)")
+            limit = gr.Number(value=20, precision=0, minimum=1, label="N")
+            fewshot = gr.Number(value=0, precision=0, minimum=0, label="Few-shot examples")
+        score_btn = gr.Button("Score parents and merge", variant="primary")
+        with gr.Accordion("Sweep one merge parameter", open=True):
+            with gr.Row():
+                parameter = gr.Dropdown(
+                    SWEEP_PARAMETERS, value="weight", allow_custom_value=True, label="Parameter"
+                )
+                start = gr.Number(value=0.0, label="From")
+                stop = gr.Number(value=1.0, label="To")
+                points = gr.Slider(2, MAX_POINTS, value=5, step=1, label="Points")
+            sweep_btn = gr.Button("Run sweep")
+        with gr.Row():
+            job_id = gr.Textbox(label="Job id", interactive=False)
+            cancel = gr.Button("Cancel", variant="stop")
+        progress = gr.HTML()
+        table = gr.Dataframe(label="Scores (primary metric ± standard error)", interactive=False)
+        chart = gr.Plot(label="Chart")
+        csv_file = gr.File(label="Scores as CSV", interactive=False)
+        job_json = gr.JSON(visible=False)
+        timer = gr.Timer(1.0, active=False)
+
+        options = [tasks, extra, quick, limit, fewshot]
+
+        def started(status: dict[str, Any]) -> tuple[str, str, gr.Timer]:
+            label = f"{status['state']}: {status['title']}"
+            return status["id"], progress_html(0, None, label), gr.Timer(active=True)
+
+        score_btn.click(
+            bind(on_score_start, settings),
+            [cpt, chat, recipe, *options],
+            [job_json],
+            api_name="score",
+        ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
+        sweep_btn.click(
+            bind(on_sweep_start, settings),
+            [recipe, parameter, start, stop, points, *options],
+            [job_json],
+            api_name="sweep",
+        ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
+        timer.tick(
+            bind(show_report, settings),
+            [job_id],
+            [progress, table, chart, csv_file, timer],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+        def score_report_api(job_id: str) -> dict[str, Any]:
+            """A score/sweep job's status and its report once finished (API: /score_report)."""
+            return on_score_report(settings, job_id)
+
+        gr.api(score_report_api, api_name="score_report")
+
+        def cancel_job(jid: str) -> str:
+            if not jid:
+                return ""
+            status = status_dict(get_runner(settings).cancel(jid))
+            return progress_html(status["progress_done"], status["progress_total"], "cancelled")
+
+        cancel.click(cancel_job, [job_id], [progress], api_visibility="private")

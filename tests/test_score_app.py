@@ -1,0 +1,134 @@
+"""The Score tab launched in a gr.Blocks and driven through gradio_client.
+
+/score and /sweep start jobs and /score_report returns the finished report with the same numbers
+an in-process run gives; a bad request is a readable error after which the app keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from studio.evaluation.scoring import ScoreSettings
+from studio.evaluation.sweeps import ScoreRequest, ScoreTarget, run_scores
+from studio.recipes import MergeRecipe, RecipeModel, recipe_to_yaml
+from studio.settings import StudioSettings
+from studio.ui.score_tab import build_score_tab
+
+pytestmark = pytest.mark.app
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("score_home")
+
+
+@pytest.fixture(scope="module")
+def app(home: Path) -> Iterator[str]:
+    settings = StudioSettings(home=home)
+    settings.ensure_dirs()
+    with gr.Blocks() as demo:
+        build_score_tab(settings)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def mc_task(tmp_path: Path) -> Path:
+    path = tmp_path / "mini.jsonl"
+    rows = [
+        {"question": "the capital of france is", "options": ["paris", "a cat"], "answer": 0},
+        {"question": "two plus two is", "options": ["four", "green"], "answer": 0},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def wait_report(client: Client, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = client.predict(job_id, api_name="/score_report")
+        if result["status"]["done"]:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def test_score_endpoint_reports_the_in_process_numbers(
+    app: str, home: Path, tiny_family: dict[str, Path], mc_task: Path, monkeypatch: Any
+) -> None:
+    client = Client(app, verbose=False)
+    recipe = recipe_to_yaml(
+        MergeRecipe(
+            method="linear",
+            models=(
+                RecipeModel(path=str(tiny_family["cpt"]), parameters={"weight": 0.5}),
+                RecipeModel(path=str(tiny_family["chat"]), parameters={"weight": 0.5}),
+            ),
+            dtype="float32",
+        )
+    )
+    job = client.predict(
+        str(tiny_family["cpt"]),
+        str(tiny_family["chat"]),
+        recipe,
+        [],
+        str(mc_task),
+        False,
+        20,
+        0,
+        api_name="/score",
+    )
+    result = wait_report(client, job["id"])
+    assert result["status"]["state"] == "succeeded", result["status"]
+    rows = result["report"]["rows"]
+    assert [r["label"] for r in rows] == ["cpt: cpt", "chat: chat", "merged"]
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+    expected = run_scores(
+        ScoreRequest(
+            targets=(ScoreTarget(label="chat", model=str(tiny_family["chat"])),),
+            tasks=(str(mc_task),),
+            settings=ScoreSettings(),
+        )
+    )
+    assert rows[1]["score"] == pytest.approx(expected.rows[0].score, abs=1e-6)
+
+
+def test_sweep_endpoint_and_a_bad_request(
+    app: str, tiny_family: dict[str, Path], mc_task: Path
+) -> None:
+    client = Client(app, verbose=False)
+    recipe = recipe_to_yaml(
+        MergeRecipe(
+            method="slerp",
+            models=(
+                RecipeModel(path=str(tiny_family["cpt"])),
+                RecipeModel(path=str(tiny_family["chat"])),
+            ),
+            parameters={"t": 0.5},
+            dtype="float32",
+        )
+    )
+    with pytest.raises(AppError, match="no parameter 'density'"):
+        client.predict(recipe, "density", 0, 1, 3, [], str(mc_task), True, 2, 0, api_name="/sweep")
+    job = client.predict(recipe, "t", 0, 1, 3, [], str(mc_task), True, 2, 0, api_name="/sweep")
+    result = wait_report(client, job["id"])
+    report = result["report"]
+    assert report["parameter"] == "t"
+    assert [r["value"] for r in report["rows"] if r["kind"] == "merge"] == [0.0, 0.5, 1.0]
+    parents = {r["label"]: r["score"] for r in report["rows"] if r["kind"] == "parent"}
+    points = {r["value"]: r["score"] for r in report["rows"] if r["kind"] == "merge"}
+    # slerp's t=0 end is the first model, t=1 the second
+    assert points[0.0] == pytest.approx(parents["cpt"], abs=1e-5)
+    assert points[1.0] == pytest.approx(parents["chat"], abs=1e-5)

@@ -1,0 +1,221 @@
+"""Score runs and sweeps on real tiny Llamas: live-merged points, parents, the cache, the job.
+
+Properties: a linear sweep's endpoints ARE its parents (weight 0 scores exactly like the first
+model, weight 1 like the second); a second identical sweep is answered entirely from the cache
+with the same numbers; the job path gives the same report as the in-process run; a bad request
+is one sentence before any job starts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from studio.errors import RecipeError, StudioError
+from studio.evaluation.jobs import read_report, start_score_job, start_sweep_job
+from studio.evaluation.results import ResultStore
+from studio.evaluation.scoring import ScoreSettings
+from studio.evaluation.sweeps import (
+    ScoreReport,
+    ScoreRequest,
+    ScoreTarget,
+    SweepError,
+    SweepRequest,
+    run_scores,
+    run_sweep,
+    with_parameter,
+)
+from studio.jobs import get_runner
+from studio.plots import scores_chart, sweep_chart
+from studio.recipes import MergeRecipe, RecipeModel, recipe_to_yaml
+from studio.settings import load_settings
+
+QUESTIONS = [
+    ("the capital of france is", ["paris", "rome", "a cat", "blue"], 0),
+    ("water is made of hydrogen and", ["oxygen", "gold", "music", "paris"], 0),
+    ("the patient was given", ["aspirin", "a river", "the moon", "seven"], 0),
+    ("two plus two is", ["four", "green", "london", "a dog"], 0),
+]
+
+
+@pytest.fixture
+def mc_task(tmp_path: Path) -> Path:
+    path = tmp_path / "mini_mc.jsonl"
+    lines = [
+        json.dumps({"question": q, "options": options, "answer": answer})
+        for q, options, answer in QUESTIONS
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def text_task(tmp_path: Path) -> Path:
+    path = tmp_path / "domain.txt"
+    path.write_text(
+        "the patient was given aspirin for the fever. the doctor wrote a note.\n", encoding="utf-8"
+    )
+    return path
+
+
+def linear(family: dict[str, Path]) -> MergeRecipe:
+    return MergeRecipe(
+        method="linear",
+        models=(
+            RecipeModel(path=str(family["cpt"]), parameters={"weight": 0.5}),
+            RecipeModel(path=str(family["chat"]), parameters={"weight": 0.5}),
+        ),
+        dtype="float32",
+    )
+
+
+def test_weight_axis_runs_from_the_first_model_to_the_second(tiny_family: dict[str, Path]) -> None:
+    """weight=v on a two-model merge: the first model gets 1 - v, the second v."""
+    swept = with_parameter(linear(tiny_family), "weight", 0.25)
+    assert [m.parameters["weight"] for m in swept.models] == [0.75, 0.25]
+    only_first = with_parameter(linear(tiny_family), "weight", 0.9, model_index=0)
+    assert [m.parameters["weight"] for m in only_first.models] == [0.9, 0.5]
+
+
+def test_global_and_per_model_parameters(tiny_family: dict[str, Path]) -> None:
+    slerp = MergeRecipe(
+        method="slerp",
+        models=(
+            RecipeModel(path=str(tiny_family["cpt"])),
+            RecipeModel(path=str(tiny_family["chat"])),
+        ),
+        parameters={"t": 0.5},
+    )
+    assert with_parameter(slerp, "t", 0.3).parameters["t"] == 0.3
+    ties = MergeRecipe(
+        method="ties",
+        base=str(tiny_family["base"]),
+        models=(
+            RecipeModel(path=str(tiny_family["cpt"]), parameters={"weight": 1.0, "density": 0.5}),
+            RecipeModel(path=str(tiny_family["chat"]), parameters={"weight": 1.0, "density": 0.5}),
+        ),
+    )
+    swept = with_parameter(ties, "density", 0.2)
+    assert [m.parameters["density"] for m in swept.models] == [0.2, 0.2]
+    with pytest.raises(RecipeError, match="no parameter 'density'"):
+        with_parameter(slerp, "density", 0.2)
+    with pytest.raises(RecipeError, match="density"):
+        with_parameter(ties, "density", 1.5)
+    with pytest.raises(SweepError, match="model_index 5"):
+        with_parameter(ties, "density", 0.2, model_index=5)
+
+
+def test_linear_sweep_endpoints_equal_the_parents_and_the_cache_answers_the_rerun(
+    tiny_family: dict[str, Path], mc_task: Path, text_task: Path, tmp_path: Path
+) -> None:
+    store = ResultStore(tmp_path / "scores.db")
+    request = SweepRequest(
+        recipe=recipe_to_yaml(linear(tiny_family)),
+        parameter="weight",
+        values=(0.0, 0.5, 1.0),
+        tasks=(str(mc_task), str(text_task)),
+    )
+    seen: list[tuple[int, int]] = []
+    report = run_sweep(request, store=store, progress=lambda d, t, _m: seen.append((d, t)))
+
+    # 3 points + 2 parents, each on 2 tasks; nothing cached the first time
+    assert len(report.rows) == 10 and not any(r.cached for r in report.rows)
+    assert seen[-1][0] == seen[-1][1] > 0  # progress ends at its total
+    by = {(r.label, r.task): r for r in report.rows}
+    for task in {r.task for r in report.rows}:
+        assert by[("weight=0", task)].score == pytest.approx(by[("cpt", task)].score, abs=1e-5)
+        assert by[("weight=1", task)].score == pytest.approx(by[("chat", task)].score, abs=1e-5)
+    assert {r.kind for r in report.rows} == {"merge", "parent"}
+
+    again = run_sweep(request, store=store)
+    assert all(r.cached for r in again.rows)
+    assert [(r.label, r.task, r.score) for r in again.rows] == [
+        (r.label, r.task, r.score) for r in report.rows
+    ]
+    assert store.count() == 10
+
+
+def test_score_run_table_and_csv(tiny_family: dict[str, Path], mc_task: Path) -> None:
+    request = ScoreRequest(
+        targets=(
+            ScoreTarget(label="cpt", model=str(tiny_family["cpt"])),
+            ScoreTarget(label="merged", recipe=recipe_to_yaml(linear(tiny_family))),
+        ),
+        tasks=(str(mc_task),),
+        settings=ScoreSettings(limit=3),
+    )
+    report = run_scores(request)
+    assert [r.label for r in report.rows] == ["cpt", "merged"]
+    assert all(r.n == 3 for r in report.rows)
+    headers, rows = report.table()
+    assert headers[0] == "model" and len(rows) == 2
+    csv_lines = report.to_csv().strip().splitlines()
+    assert csv_lines[0].startswith("label,kind,value,task,metric,score")
+    assert len(csv_lines) == 3
+    fig = scores_chart(report)
+    assert [trace.name for trace in fig.data] == ["cpt", "merged"]
+    assert fig.data[0].y[0] == pytest.approx(report.rows[0].score)
+
+
+def test_sweep_chart_draws_points_and_parent_lines(
+    tiny_family: dict[str, Path], mc_task: Path
+) -> None:
+    report = run_sweep(
+        SweepRequest(
+            recipe=recipe_to_yaml(linear(tiny_family)),
+            parameter="weight",
+            values=(0.0, 1.0),
+            tasks=(str(mc_task),),
+            settings=ScoreSettings(limit=2),
+        )
+    )
+    fig = sweep_chart(report)
+    curve = fig.data[0]
+    assert list(curve.x) == [0.0, 1.0]
+    assert list(curve.y) == [r.score for r in report.rows if r.value is not None]
+    dashed = [t for t in fig.data if t.line.dash == "dash"]
+    assert {t.name.split(" · ")[0] for t in dashed} == {"cpt", "chat"}
+    assert ScoreReport.from_json(report.to_json()) == report
+
+
+def test_sweep_job_reports_through_the_runner(tiny_family: dict[str, Path], mc_task: Path) -> None:
+    settings = load_settings()
+    request = SweepRequest(
+        recipe=recipe_to_yaml(linear(tiny_family)),
+        parameter="weight",
+        values=(0.0, 1.0),
+        tasks=(str(mc_task),),
+        include_parents=False,
+        settings=ScoreSettings(limit=2),
+    )
+    record = start_sweep_job(request, settings=settings)
+    status = get_runner(settings).wait(record.id, timeout=180)
+    assert status.record.state.value == "succeeded", status.log_tail
+    assert status.record.progress_done == status.record.progress_total == 4
+    report = read_report(record.id, settings=settings)
+    assert report is not None and [r.value for r in report.rows] == [0.0, 1.0]
+
+
+def test_bad_requests_are_refused_before_a_job_starts(
+    tiny_family: dict[str, Path], mc_task: Path, tmp_path: Path
+) -> None:
+    settings = load_settings()
+    recipe = recipe_to_yaml(linear(tiny_family))
+    with pytest.raises(RecipeError, match="no parameter 't'"):
+        start_sweep_job(
+            SweepRequest(recipe=recipe, parameter="t", values=(0.5,), tasks=(str(mc_task),)),
+            settings=settings,
+        )
+    with pytest.raises(StudioError):
+        start_score_job(
+            ScoreRequest(
+                targets=(ScoreTarget(label="x", model=str(tiny_family["cpt"])),),
+                tasks=(str(tmp_path / "missing.jsonl"),),
+            ),
+            settings=settings,
+        )
+    assert get_runner(settings).list() == []
+    with pytest.raises(ValueError, match="either a model folder or a recipe"):
+        ScoreTarget(label="x")
