@@ -15,6 +15,8 @@
                      [--fewshot K] [--csv OUT.csv]      # accuracy / perplexity side by side
     python -m studio sweep RECIPE.yml --parameter weight --values 0,0.25,0.5,0.75,1
                      [--task FILE ...] [--limit N] [--csv OUT.csv]   # score vs merge parameter
+    python -m studio sweep-checkpoints RUN_DIR [--recipe R.yml] [--task FILE ...]
+                     # a CPT run's checkpoints by step, alone and merged by the recipe
 
 MODEL is a catalog name (see `models`) or a folder. Add --json to any command for JSON output.
 A user error prints one sentence and exits with status 2.
@@ -34,6 +36,7 @@ from typing import Any
 from studio import catalog, recipes
 from studio.errors import StudioError, validated
 from studio.evaluation import jobs as scoring_jobs
+from studio.evaluation.checkpoint_sweep import CheckpointSweepRequest
 from studio.evaluation.scoring import ScoreSettings
 from studio.evaluation.sweeps import (
     ScoreReport,
@@ -409,6 +412,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _run_scoring(args, record.id)
 
 
+def cmd_sweep_checkpoints(args: argparse.Namespace) -> int:
+    request = validated(
+        CheckpointSweepRequest,
+        SweepError,
+        run_dir=str(Path(args.run_dir).expanduser().resolve()),
+        recipe=Path(args.recipe).read_text(encoding="utf-8") if args.recipe else None,
+        tasks=_task_files(args),
+        settings=_score_settings(args),
+    )
+    record = scoring_jobs.start_checkpoint_sweep_job(request, settings=load_settings())
+    return _run_scoring(args, record.id)
+
+
 def _scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", help="task file (repeat); default: the demo tasks")
     p.add_argument("--limit", type=int, help="quick mode: score only the first N items")
@@ -499,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-parents", action="store_true", help="do not score the recipe's models")
     _scoring_options(p)
     p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("sweep-checkpoints", help="score a training run's checkpoints by step")
+    p.add_argument("run_dir")
+    p.add_argument("--recipe", help="also merge each checkpoint (as the recipe's first model)")
+    _scoring_options(p)
+    p.set_defaults(fn=cmd_sweep_checkpoints)
     return parser
 
 

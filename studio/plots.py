@@ -186,24 +186,29 @@ def sweep_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
     points = [r for r in rows if r.value is not None]
     xs = sorted({r.value for r in points if r.value is not None})
     lo, hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    # A checkpoint sweep has two valued kinds (checkpoint alone, merged): one line each.
+    kinds = list(dict.fromkeys(r.kind for r in points))
     for panel, metric in enumerate(metrics, start=1):
         for task in dict.fromkeys(r.task for r in rows if r.metric == metric):
-            line = sorted(
-                (r for r in points if r.task == task and r.metric == metric),
-                key=lambda r: r.value or 0.0,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=[r.value for r in line],
-                    y=[_number(r.score) for r in line],
-                    error_y={"type": "data", "array": [r.stderr or 0.0 for r in line]},
-                    mode="lines+markers",
-                    name=task,
-                    legendgroup=task,
-                ),
-                row=panel,
-                col=1,
-            )
+            for kind in kinds:
+                line = sorted(
+                    (r for r in points if (r.task, r.metric, r.kind) == (task, metric, kind)),
+                    key=lambda r: r.value or 0.0,
+                )
+                if not line:
+                    continue
+                fig.add_trace(
+                    go.Scatter(
+                        x=[r.value for r in line],
+                        y=[_number(r.score) for r in line],
+                        error_y={"type": "data", "array": [r.stderr or 0.0 for r in line]},
+                        mode="lines+markers",
+                        name=task if len(kinds) == 1 else f"{task} ({kind})",
+                        legendgroup=task,
+                    ),
+                    row=panel,
+                    col=1,
+                )
             for ref in (r for r in rows if r.value is None and r.task == task):
                 fig.add_trace(
                     go.Scatter(

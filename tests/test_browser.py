@@ -101,3 +101,47 @@ def test_jobs_tab_shows_the_merge_after_a_reload(page: object) -> None:
         timeout=20_000,
     )
     page.screenshot(path=str(SCREENSHOTS / "jobs.png"), full_page=True)
+
+
+def test_score_tab_quick_score_draws_the_chart(page: object) -> None:
+    """Demo tasks are preselected; a quick score of parents + merge ends in a table and chart."""
+    page.get_by_role("tab", name="Score").click()
+    page.get_by_label("N", exact=True).fill("4")
+    page.get_by_role("button", name="Score parents and merge").click()
+    page.wait_for_function(
+        "() => document.querySelector('#score-tab')?.innerText.includes('succeeded')",
+        timeout=180_000,
+    )
+    page.locator("#score-tab .js-plotly-plot").first.wait_for(timeout=30_000)
+    assert page.locator("#score-tab").get_by_text("merged").count() >= 1
+    page.screenshot(path=str(SCREENSHOTS / "score.png"), full_page=True)
+
+
+def test_train_tab_starts_and_stops_a_run_and_reattaches(page: object) -> None:
+    """A tiny CPT starts from the shipped config; Stop saves a checkpoint; a reload shows it."""
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label("Max steps").fill("5000")
+    page.get_by_role("button", name="Apply to config").click()
+    page.wait_for_function(
+        "() => document.querySelector('#train-tab .cm-content')?.innerText"
+        ".includes('max_steps: 5000')",
+        timeout=20_000,
+    )
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.wait_for_function(
+        "() => /running: step [1-9]/.test(document.querySelector('#train-tab')?.innerText)",
+        timeout=120_000,
+    )
+    page.get_by_role("button", name="Stop (save a checkpoint)").click()
+    page.wait_for_function(
+        "() => document.querySelector('#train-tab')?.innerText.includes('stopped: step')",
+        timeout=120_000,
+    )
+    page.locator("#train-tab .js-plotly-plot").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SCREENSHOTS / "train.png"), full_page=True)
+    page.reload(wait_until="load")
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function(
+        "() => document.querySelector('#train-tab')?.innerText.includes('stopped: step')",
+        timeout=30_000,
+    )

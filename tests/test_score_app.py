@@ -7,6 +7,7 @@ an in-process run gives; a bad request is a readable error after which the app k
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,23 @@ def test_sweep_endpoint_and_a_bad_request(
     # slerp's t=0 end is the first model, t=1 the second
     assert points[0.0] == pytest.approx(parents["cpt"], abs=1e-5)
     assert points[1.0] == pytest.approx(parents["chat"], abs=1e-5)
+
+
+def test_checkpoint_sweep_endpoint(
+    app: str, tiny_family: dict[str, Path], mc_task: Path, tmp_path: Path
+) -> None:
+    client = Client(app, verbose=False)
+    run = tmp_path / "run"
+    with pytest.raises(AppError, match="has no checkpoints yet"):
+        client.predict(
+            str(tmp_path), "", [], str(mc_task), True, 2, 0, api_name="/checkpoint_sweep"
+        )
+    for step, source in ((1, "base"), (3, "cpt")):
+        shutil.copytree(tiny_family[source], run / f"step-{step:08d}")
+    job = client.predict(str(run), "", [], str(mc_task), True, 2, 0, api_name="/checkpoint_sweep")
+    report = wait_report(client, job["id"])["report"]
+    assert report["parameter"] == "step"
+    assert [(r["kind"], r["value"]) for r in report["rows"]] == [
+        ("checkpoint", 1.0),
+        ("checkpoint", 3.0),
+    ]

@@ -9,11 +9,17 @@ is one sentence before any job starts.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from studio.errors import RecipeError, StudioError
+from studio.evaluation.checkpoint_sweep import (
+    CheckpointSweepRequest,
+    checkpoint_folders,
+    run_checkpoint_sweep,
+)
 from studio.evaluation.jobs import read_report, start_score_job, start_sweep_job
 from studio.evaluation.results import ResultStore
 from studio.evaluation.scoring import ScoreSettings
@@ -219,3 +225,48 @@ def test_bad_requests_are_refused_before_a_job_starts(
     assert get_runner(settings).list() == []
     with pytest.raises(ValueError, match="either a model folder or a recipe"):
         ScoreTarget(label="x")
+
+
+def test_checkpoint_sweep_scores_each_step_alone_and_merged(
+    tiny_family: dict[str, Path], mc_task: Path, tmp_path: Path
+) -> None:
+    """Merged with weight 1 on the checkpoint, each merged point equals its checkpoint alone;
+    each checkpoint alone equals the model it was copied from."""
+    run = tmp_path / "run"
+    for step, source in ((2, "base"), (4, "cpt")):
+        shutil.copytree(tiny_family[source], run / f"step-{step:08d}")
+    recipe = MergeRecipe(
+        method="linear",
+        models=(
+            RecipeModel(path=str(tiny_family["cpt"]), parameters={"weight": 1.0}),
+            RecipeModel(path=str(tiny_family["chat"]), parameters={"weight": 0.0}),
+        ),
+        dtype="float32",
+    )
+    request = CheckpointSweepRequest(
+        run_dir=str(run), recipe=recipe_to_yaml(recipe), tasks=(str(mc_task),)
+    )
+    report = run_checkpoint_sweep(request)
+    assert report.parameter == "step"
+    assert [(r.kind, r.value) for r in report.rows] == [
+        ("checkpoint", 2.0),
+        ("checkpoint", 4.0),
+        ("merge", 2.0),
+        ("merge", 4.0),
+    ]
+    alone = {r.value: r.score for r in report.rows if r.kind == "checkpoint"}
+    merged = {r.value: r.score for r in report.rows if r.kind == "merge"}
+    assert merged[2.0] == pytest.approx(alone[2.0], abs=1e-5)
+    assert merged[4.0] == pytest.approx(alone[4.0], abs=1e-5)
+    cpt_alone = run_scores(
+        ScoreRequest(
+            targets=(ScoreTarget(label="cpt", model=str(tiny_family["cpt"])),),
+            tasks=(str(mc_task),),
+        )
+    )
+    assert alone[4.0] == pytest.approx(cpt_alone.rows[0].score, abs=1e-6)
+    fig = sweep_chart(report)
+    assert [t.name for t in fig.data] == ["mini_mc (checkpoint)", "mini_mc (merge)"]
+
+    with pytest.raises(SweepError, match="has no checkpoints yet"):
+        checkpoint_folders(CheckpointSweepRequest(run_dir=str(tmp_path), tasks=(str(mc_task),)))

@@ -11,6 +11,7 @@ it checks in its docstring and asserts it exactly.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ pytest.importorskip("vllm", reason="the vLLM lane runs in .venv-vllm: bash scrip
 
 from pipelines.tiny_models import TinyShape, build_tiny_family  # noqa: E402
 from studio.errors import ModelError  # noqa: E402
+from studio.evaluation.loglikelihood import encode_pair, token_scorer  # noqa: E402
+from studio.evaluation.scoring import ScoreSettings, score_task  # noqa: E402
+from studio.evaluation.tasks import load_task  # noqa: E402
 from studio.inference import (  # noqa: E402
     ChatMessage,
     GenerationSettings,
@@ -34,7 +38,7 @@ from studio.inference import (  # noqa: E402
     chat,
     create_engine,
 )
-from studio.inference.engine import vllm_usable  # noqa: E402
+from studio.inference.engine import GenerationError, vllm_usable  # noqa: E402
 from studio.inference.transformers_engine import TransformersEngine  # noqa: E402
 from studio.inference.vllm_engine import VLLMEngine, vllm_build  # noqa: E402
 from studio.merging.live import LiveMerger  # noqa: E402
@@ -291,6 +295,83 @@ def test_prompt_logprobs_equal_the_transformers_engine(
     single = vllm.score_loglikelihood(*PAIRS[0])
     assert single.logprob == pytest.approx(hf.score_loglikelihood(*PAIRS[0]).logprob, abs=1e-3)
     assert single.logprob < 0
+
+
+def test_token_groups_equal_the_transformers_engine(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """score_token_groups on token ids (no decode/re-encode): vLLM's per-token log-probs equal
+    the transformers engine's within 1e-3 (fp32), with the same tokens and greedy flags, for
+    groups of one and several continuations of 1 to 4+ tokens."""
+    vllm, hf = cpt
+    tok = hf.tokenizer
+    questions = [
+        ("the sun rises in the", ["east .", "west", "river flows"]),
+        ("what is the capital of france ?", ["paris .", "the sun"]),
+        ("the river", ["flows"]),
+    ]
+    groups = []
+    for context, options in questions:
+        pairs = [encode_pair(tok, context, " " + option) for option in options]
+        groups.append((pairs[0][0], [cont for _, cont in pairs]))
+    assert {len(c) for _, conts in groups for c in conts} >= {1, 2}
+    ours = vllm.score_token_groups(groups)
+    theirs = hf.score_token_groups(groups, batch_size=2)
+    assert [len(g) for g in ours] == [len(conts) for _, conts in groups]
+    for group_ours, group_theirs in zip(ours, theirs, strict=True):
+        for a, b in zip(group_ours, group_theirs, strict=True):
+            assert (a.context_tokens, a.continuation_tokens) == (
+                b.context_tokens,
+                b.continuation_tokens,
+            )
+            assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-3)
+            assert a.is_greedy == b.is_greedy
+    longest = vllm.score_token_groups([([1] * 126, [[2]])])  # 127 tokens: the most that fits
+    assert len(longest[0][0].token_logprobs) == 1
+    too_long = [([1] * 127, [[2]])]  # 128 tokens: vLLM keeps one position for its output token
+    with pytest.raises(GenerationError, match=r"at most 127 with vLLM"):
+        vllm.score_token_groups(too_long)
+
+
+def test_score_task_gives_the_same_results_on_both_engines(
+    cpt: tuple[VLLMEngine, TransformersEngine], tmp_path: Path
+) -> None:
+    """studio.evaluation.scoring takes the token fast path on the vLLM engine too, and a
+    multiple-choice task and a perplexity task (several rolling windows) score alike on both
+    engines: same predictions, log-probs within 1e-3, same tokens counted."""
+    vllm, hf = cpt
+    assert token_scorer(vllm) is vllm
+    rows = [
+        {"question": "the sun rises in the", "options": ["west", "east", "river"], "answer": 1},
+        {"question": "the capital of france is", "options": ["paris", "the sun"], "answer": 0},
+        {"question": "the river", "options": ["flows .", "rises in the", "france"], "answer": 0},
+    ]
+    mc_path = tmp_path / "mc.jsonl"
+    mc_path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    text_path = tmp_path / "corpus.txt"
+    text_path.write_text(
+        "the sun rises in the east and sets in the west . the river flows to the sea .\n\n"
+        "what is the capital of france ? paris is the capital of france .\n",
+        encoding="utf-8",
+    )
+    for path, settings in (
+        (mc_path, ScoreSettings(num_fewshot=1, batch_size=2)),
+        (text_path, ScoreSettings(max_length=8, batch_size=3)),  # several windows per text
+    ):
+        task = load_task(path)
+        ours, theirs = score_task(vllm, task, settings), score_task(hf, task, settings)
+        assert len(ours.items) == len(theirs.items) == len(task.items)
+        for a, b in zip(ours.items, theirs.items, strict=True):
+            assert (a.prediction, a.prediction_norm, a.tokens) == (
+                b.prediction,
+                b.prediction_norm,
+                b.tokens,
+            )
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-3)
+        assert ours.metrics.keys() == theirs.metrics.keys()
+        for name, value in ours.metrics.items():
+            assert value == pytest.approx(theirs.metrics[name], rel=1e-3, nan_ok=True)
+    assert theirs.items[0].tokens is not None and theirs.items[0].tokens > 8
 
 
 # -- live weights -------------------------------------------------------------------------------

@@ -20,12 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import JobError
+from studio.evaluation.checkpoint_sweep import (
+    CheckpointSweepRequest,
+    checkpoint_folders,
+    run_checkpoint_sweep,
+    with_first_model,
+)
 from studio.evaluation.results import ResultStore
 from studio.evaluation.sweeps import (
     Progress,
+    ScoreOptions,
     ScoreReport,
     ScoreRequest,
     SweepRequest,
+    parse_recipe_text,
     run_scores,
     run_sweep,
     with_parameter,
@@ -50,6 +58,9 @@ def run_request(
     cancel: threading.Event | None = None,
 ) -> ScoreReport:
     """Run a `{"kind": "score"|"sweep", "request": {...}}` spec in this process."""
+    if spec.get("kind") == "checkpoints":
+        checkpoints = CheckpointSweepRequest.model_validate(spec["request"])
+        return run_checkpoint_sweep(checkpoints, store=store, progress=progress, cancel=cancel)
     if spec.get("kind") == "sweep":
         sweep = SweepRequest.model_validate(spec["request"])
         return run_sweep(sweep, store=store, progress=progress, cancel=cancel)
@@ -57,10 +68,17 @@ def run_request(
     return run_scores(request, store=store, progress=progress, cancel=cancel)
 
 
-def check_request(request: ScoreRequest | SweepRequest) -> None:
+def check_request(request: ScoreOptions) -> None:
     """Refuse a request that cannot run, before any job starts (StudioError with a sentence)."""
     for path in request.tasks:
         load_task(path)
+    if isinstance(request, CheckpointSweepRequest):
+        folders = checkpoint_folders(request)
+        if request.recipe:
+            recipe = parse_recipe_text(request.recipe)
+            for _, folder in folders:
+                with_first_model(recipe, folder)
+        return
     recipes = [request.recipe] if isinstance(request, SweepRequest) else []
     recipes += [t.recipe for t in getattr(request, "targets", ()) if t.recipe is not None]
     for text in recipes:
@@ -96,10 +114,24 @@ def start_sweep_job(
     return _start("sweep", title, request, runner, settings, owner)
 
 
+def start_checkpoint_sweep_job(
+    request: CheckpointSweepRequest,
+    *,
+    runner: JobRunner | None = None,
+    settings: StudioSettings | None = None,
+    owner: str | None = None,
+) -> JobRecord:
+    """Score a training run's checkpoints by step, alone and merged, in a background job."""
+    count = len(checkpoint_folders(request))
+    where = Path(request.run_dir).name if request.run_dir else "checkpoints"
+    title = f"checkpoint sweep {where} ({count} checkpoints)"
+    return _start("checkpoints", title, request, runner, settings, owner)
+
+
 def _start(
     kind: str,
     title: str,
-    request: ScoreRequest | SweepRequest,
+    request: ScoreOptions,
     runner: JobRunner | None,
     settings: StudioSettings | None,
     owner: str | None,

@@ -58,7 +58,7 @@ from studio.recipes.yaml_io import recipe_from_yaml, recipe_to_yaml
 LOG = logging.getLogger(__name__)
 
 ScoreDtype = Literal["float32", "bfloat16", "float16"]
-TargetKind = Literal["model", "merge", "parent"]
+TargetKind = Literal["model", "merge", "parent", "checkpoint"]
 # DARE/DELLA masks: the same seed as the live preview, so a sweep point equals what the Merge
 # tab showed for the same sliders.
 SWEEP_SEED = 0
@@ -85,7 +85,9 @@ class ScoreTarget(BaseModel, frozen=True):
         return self
 
 
-class _Request(BaseModel, frozen=True):
+class ScoreOptions(BaseModel, frozen=True):
+    """What every score request has: the tasks, the scoring settings, the dtype."""
+
     tasks: tuple[str, ...] = Field(description="task files (JSONL, Parquet, CSV, txt)")
     settings: ScoreSettings = Field(default_factory=ScoreSettings)
     dtype: ScoreDtype = Field(default="float32", description="dtype the models are scored in")
@@ -98,7 +100,7 @@ class _Request(BaseModel, frozen=True):
         return value
 
 
-class ScoreRequest(_Request, frozen=True):
+class ScoreRequest(ScoreOptions, frozen=True):
     targets: tuple[ScoreTarget, ...] = Field(description="models and merges to score")
 
     @field_validator("targets")
@@ -109,7 +111,7 @@ class ScoreRequest(_Request, frozen=True):
         return value
 
 
-class SweepRequest(_Request, frozen=True):
+class SweepRequest(ScoreOptions, frozen=True):
     recipe: str = Field(description="mergekit YAML of the merge whose parameter is swept")
     parameter: str = Field(description="the parameter to vary: t, weight, density, lambda, ...")
     values: tuple[float, ...] = Field(description="the parameter values, in order")
@@ -258,12 +260,12 @@ class _Counter:
             self.progress(self.done, self.total, message)
 
 
-class _Scorer:
+class TargetScorer:
     """Scores engines on the loaded tasks, through the cache."""
 
     def __init__(
         self,
-        request: _Request,
+        request: ScoreOptions,
         *,
         store: ResultStore | None,
         progress: Progress | None,
@@ -377,7 +379,7 @@ class _Scorer:
         gc.collect()
 
 
-def _parse_recipe(text: str) -> MergeRecipe:
+def parse_recipe_text(text: str) -> MergeRecipe:
     recipe = resolve_paths(recipe_from_yaml(text))
     validate_recipe(recipe)
     return recipe
@@ -395,7 +397,7 @@ def run_scores(
 
     started = time.perf_counter()
     points = len(request.targets)
-    scorer = _Scorer(request, store=store, progress=progress, cancel=cancel, points=points)
+    scorer = TargetScorer(request, store=store, progress=progress, cancel=cancel, points=points)
     preview: LivePreview | None = None
     try:
         for target in request.targets:
@@ -409,7 +411,7 @@ def run_scores(
                     engine=scorer.folder_engine(folder),
                 )
             else:
-                recipe = _parse_recipe(target.recipe or "")
+                recipe = parse_recipe_text(target.recipe or "")
                 preview = preview or LivePreview(seed=SWEEP_SEED)
                 scorer.score(
                     label=target.label,
@@ -439,7 +441,7 @@ def run_sweep(
     from studio.merging.preview import LivePreview
 
     started = time.perf_counter()
-    base_recipe = _parse_recipe(request.recipe)
+    base_recipe = parse_recipe_text(request.recipe)
     # Every point is checked before anything loads: a bad value fails in a second, not midway.
     points = [
         (
@@ -449,7 +451,7 @@ def run_sweep(
         for value in request.values
     ]
     parents = _parent_folders(base_recipe) if request.include_parents else []
-    scorer = _Scorer(
+    scorer = TargetScorer(
         request,
         store=store,
         progress=progress,

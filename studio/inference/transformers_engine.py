@@ -16,21 +16,23 @@ One lock per engine serialises generation, scoring, weight replacement and unloa
 written in place must never change in the middle of a reply, and on a CPU two forward passes
 only compete for the same cores. Different models run in parallel.
 
+Encoding, the prompt check, EOS/pad tokens and lm-eval's token split come from `TokenizedEngine`
+(studio.inference.engine_base); a reply is finished and streamed as text by
+studio.inference.replies. Both are shared with the vLLM engine.
+
     engine = TransformersEngine(ModelSpec.from_path("/models/chat")); engine.load()
     engine.generate("the capital of france is", GenerationSettings(temperature=0)).text
 """
 
 from __future__ import annotations
 
-import bisect
 import inspect
 import logging
 import queue
-import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,38 +49,34 @@ from transformers.generation.streamers import BaseStreamer
 
 from studio.errors import ModelError
 from studio.hf_loading import LOAD_LOCK
-from studio.inference.chat_format import detect_repetition
 from studio.inference.engine import (
     GenerationChunk,
-    GenerationError,
     GenerationResult,
     GenerationSettings,
     LogLikelihood,
     ModelSpec,
     NamedTensors,
-    StopReason,
     weights_bytes,
 )
-from studio.settings import StudioSettings, load_settings
+from studio.inference.engine_base import TokenizedEngine
+from studio.inference.replies import Reply, TextAssembler, first_stop
+from studio.settings import StudioSettings
 
 LOG = logging.getLogger(__name__)
 
 _STOP_WINDOW_TOKENS = 16  # extra tokens decoded around a stop string when checking for it
 
 
-class TransformersEngine:
+class TransformersEngine(TokenizedEngine):
     """One model loaded with transformers; see the module docstring."""
 
     engine_name = "transformers"
 
     def __init__(self, spec: ModelSpec, *, settings: StudioSettings | None = None) -> None:
-        self.spec = spec
-        self._settings = settings or load_settings()
+        super().__init__(spec, settings=settings)
         self._lock = threading.Lock()  # model use: generate, score, replace, unload
-        self._tokenizer_lock = threading.Lock()  # Rust tokenizers may not encode concurrently
         self._model: Any = None
         self._tokenizer: Any = None
-        self._version = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -98,10 +96,6 @@ class TransformersEngine:
         if self._model is None:
             raise self._not_loaded()
         return self._model
-
-    @property
-    def weights_version(self) -> int:
-        return self._version
 
     def estimate_memory_bytes(self) -> int:
         return weights_bytes(self.spec)
@@ -163,22 +157,6 @@ class TransformersEngine:
             ) from error
         return tokenizer, model
 
-    def _require_safetensors(self, folder: Path) -> None:
-        if any(folder.glob("*.safetensors")):
-            return
-        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-            raise ModelError(
-                f"model '{self.spec.name}' has only pickle weights (.bin/.pt); convert it to "
-                "safetensors or set STUDIO_ALLOW_PICKLE=1 if you trust its source"
-            )
-        raise ModelError(f"model '{self.spec.name}' has no .safetensors weights in {folder}")
-
-    def _not_loaded(self) -> ModelError:
-        return ModelError(
-            f"model '{self.spec.name}' is not loaded (it may have been unloaded to make room "
-            "for another); load it again"
-        )
-
     def _require_model(self) -> Any:
         if self._model is None:
             raise self._not_loaded()
@@ -209,45 +187,7 @@ class TransformersEngine:
         reply = self._prepare(prompt, settings or GenerationSettings(), add_special_tokens, cancel)
         return self._stream(reply)
 
-    def _prepare(
-        self,
-        prompt: str,
-        settings: GenerationSettings,
-        add_special_tokens: bool,
-        cancel: threading.Event | None,
-    ) -> _Reply:
-        started = time.perf_counter()
-        model = self._require_model()
-        ids = self._encode(prompt, add_special_tokens)
-        if not ids:
-            raise GenerationError("the prompt is empty; type a message first")
-        limit = getattr(model.config, "max_position_embeddings", None)
-        max_new = settings.max_new_tokens
-        if limit is not None:
-            if len(ids) >= limit:
-                raise GenerationError(
-                    f"the prompt is {len(ids)} tokens but model '{self.spec.name}' reads at most "
-                    f"{limit}; clear the chat or shorten the system prompt"
-                )
-            max_new = min(max_new, limit - len(ids))
-        seed = (
-            None
-            if settings.greedy
-            else (settings.seed if settings.seed is not None else secrets.randbits(31))
-        )
-        return _Reply(
-            settings=settings,
-            prompt_ids=ids,
-            max_new_tokens=max_new,
-            eos_ids=self._eos_ids(model, settings),
-            pad_id=self._pad_id(model),
-            seed=seed,
-            decode=_decoder(self.tokenizer),  # bound now: an unload must not break decoding
-            cancel=cancel,
-            started=started,
-        )
-
-    def _stream(self, reply: _Reply) -> Iterator[GenerationChunk]:
+    def _stream(self, reply: Reply) -> Iterator[GenerationChunk]:
         sink: queue.Queue[int | _Done] = queue.Queue()
         worker = threading.Thread(
             target=self._run_into,
@@ -256,7 +196,7 @@ class TransformersEngine:
             daemon=True,
         )
         worker.start()
-        text = _TextAssembler(reply.decode, reply.settings.stop, reply.eos_ids)
+        text = TextAssembler(reply.decode, reply.settings.stop, reply.eos_ids)
         try:
             while True:
                 item = sink.get()
@@ -276,13 +216,13 @@ class TransformersEngine:
             # A consumer that stops iterating (closed tab, Stop) stops the model at its next token.
             reply.abandoned.set()
 
-    def _run_into(self, reply: _Reply, sink: queue.Queue[int | _Done]) -> None:
+    def _run_into(self, reply: Reply, sink: queue.Queue[int | _Done]) -> None:
         try:
             sink.put(_Done(result=self._run(reply, sink)))
         except BaseException as error:  # handed to the consumer's thread, which re-raises it
             sink.put(_Done(error=error))
 
-    def _run(self, reply: _Reply, sink: queue.Queue[int | _Done] | None) -> GenerationResult:
+    def _run(self, reply: Reply, sink: queue.Queue[int | _Done] | None) -> GenerationResult:
         clock = _TokenClock(sink)
         with self._lock:
             model = self._require_model()
@@ -300,33 +240,12 @@ class TransformersEngine:
                 repetition_penalty=reply.settings.repetition_penalty,
                 eos_token_id=sorted(reply.eos_ids),
                 pad_token_id=reply.pad_id,
-                logits_processor=LogitsProcessorList(reply.processors()),
+                logits_processor=LogitsProcessorList(_processors(reply)),
                 stopping_criteria=StoppingCriteriaList([_StopCheck(reply)]),
                 streamer=clock,
             )
         new_ids = output[0, len(reply.prompt_ids) :].tolist()
         return reply.finish(new_ids, clock.times, engine=self.engine_name)
-
-    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
-        with self._tokenizer_lock:
-            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
-
-    def _eos_ids(self, model: Any, settings: GenerationSettings) -> frozenset[int]:
-        configured = model.generation_config.eos_token_id
-        ids = set(configured if isinstance(configured, list) else [configured])
-        ids.add(self.tokenizer.eos_token_id)
-        ids.update(settings.stop_token_ids)
-        return frozenset(i for i in ids if i is not None)
-
-    def _pad_id(self, model: Any) -> int:
-        for candidate in (
-            self.tokenizer.pad_token_id,
-            model.generation_config.pad_token_id,
-            self.tokenizer.eos_token_id,
-        ):
-            if candidate is not None:
-                return int(candidate)
-        return 0
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -350,40 +269,6 @@ class TransformersEngine:
                 ):
                     scored[i] = result
         return [scored[i] for i in range(len(encoded))]
-
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context ids, continuation ids) split as lm-eval does: encode the whole, cut at the context."""
-        if not continuation:
-            raise GenerationError(
-                "the continuation to score is empty; give the text whose likelihood you want"
-            )
-        # lm-eval moves the context's trailing whitespace into the continuation.
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self._encode(context + continuation, True)
-        context_ids = self._encode(context, True)
-        continuation_ids = whole[len(context_ids) :]
-        if not continuation_ids:
-            raise GenerationError(
-                f"the continuation {continuation!r} encodes to no tokens; give longer text"
-            )
-        if not context_ids:
-            # The first continuation token needs something to be conditioned on.
-            prefix = self.tokenizer.bos_token_id
-            prefix = self.tokenizer.eos_token_id if prefix is None else prefix
-            context_ids = [int(prefix)]
-        limit = getattr(self._require_model().config, "max_position_embeddings", None)
-        if limit is not None and len(continuation_ids) >= limit:
-            raise GenerationError(
-                f"the continuation is {len(continuation_ids)} tokens but model '{self.spec.name}' "
-                f"reads at most {limit}; score shorter text"
-            )
-        if limit is not None and len(context_ids) + len(continuation_ids) - 1 > limit:
-            context_ids = context_ids[
-                len(context_ids) + len(continuation_ids) - 1 - limit :
-            ]  # keep the end
-        return context_ids, continuation_ids
 
     def _score_batch(
         self, model: Any, pairs: list[tuple[list[int], list[int]]]
@@ -543,109 +428,14 @@ class TransformersEngine:
         )
         return written
 
-    def _check_tensor(
-        self, state: Mapping[str, torch.Tensor], name: str, tensor: torch.Tensor
-    ) -> torch.Tensor:
-        target = state.get(name)
-        if target is None:
-            raise ModelError(
-                f"model '{self.spec.name}' has no tensor named '{name}'; the new weights must come "
-                "from a model with the same architecture"
-            )
-        if tuple(target.shape) != tuple(tensor.shape):
-            raise ModelError(
-                f"tensor '{name}' of model '{self.spec.name}' has shape {tuple(target.shape)} but "
-                f"the new one has {tuple(tensor.shape)}; merge models of the same shape"
-            )
-        return target
-
 
 # -- generation helpers -----------------------------------------------------------------------
 
 
-@dataclass
-class _Reply:
-    """One generation request, its hooks' shared state, and how to turn ids into a result."""
-
-    settings: GenerationSettings
-    prompt_ids: list[int]
-    max_new_tokens: int
-    eos_ids: frozenset[int]
-    pad_id: int
-    seed: int | None
-    decode: Callable[[Sequence[int]], str]
-    cancel: threading.Event | None
-    started: float
-    abandoned: threading.Event = field(default_factory=threading.Event)
-    cancelled: bool = False
-
-    def should_cancel(self) -> bool:
-        return self.abandoned.is_set() or (self.cancel is not None and self.cancel.is_set())
-
-    def processors(self) -> list[LogitsProcessor]:
-        if self.seed is None:
-            return []
-        return [_SeededSampler(self.settings, self.seed)]
-
-    def finish(self, new_ids: list[int], times: list[float], *, engine: str) -> GenerationResult:
-        reason: StopReason = "length"
-        ids = list(new_ids)
-        if ids and ids[-1] in self.eos_ids:
-            reason, ids = "eos", ids[:-1]
-        text = self.decode(ids)
-        cut = _first_stop(text, self.settings.stop)
-        if cut is not None:
-            reason, text = "stop", text[:cut]
-            ids = ids[: self._tokens_until_stop(ids)]
-        elif reason == "length" and self.cancelled:
-            reason = "cancelled"
-        seconds = (times[-1] if times else time.perf_counter()) - self.started
-        repetition = detect_repetition(ids)
-        if repetition is not None:
-            repetition = replace(repetition, phrase=self.decode(ids[-repetition.period_tokens :]))
-        return GenerationResult(
-            text=text,
-            token_ids=tuple(ids),
-            prompt_tokens=len(self.prompt_ids),
-            stop_reason=reason,
-            seconds=seconds,
-            first_token_seconds=times[0] - self.started if times else None,
-            tokens_per_second=_decode_speed(times, seconds),
-            seed=self.seed,
-            repetition=repetition,
-            engine=engine,
-        )
-
-    def _tokens_until_stop(self, ids: list[int]) -> int:
-        """The fewest leading tokens whose text holds a stop string (that text grows with k)."""
-        keys = range(1, len(ids) + 1)
-        return (
-            bisect.bisect_left(
-                keys,
-                True,
-                key=lambda k: _first_stop(self.decode(ids[:k]), self.settings.stop) is not None,
-            )
-            + 1
-        )
-
-
-def _decoder(tokenizer: Any) -> Callable[[Sequence[int]], str]:
-    def decode(ids: Sequence[int]) -> str:
-        return tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    return decode
-
-
-def _first_stop(text: str, stop: Sequence[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return min(found) if found else None
-
-
-def _decode_speed(times: list[float], seconds: float) -> float:
-    """Tokens per second after the first token (prefill excluded); whole-request rate for one token."""
-    if len(times) >= 2 and times[-1] > times[0]:
-        return (len(times) - 1) / (times[-1] - times[0])
-    return len(times) / seconds if seconds > 0 else 0.0
+def _processors(reply: Reply) -> list[LogitsProcessor]:
+    if reply.seed is None:
+        return []
+    return [_SeededSampler(reply.settings, reply.seed)]
 
 
 def _accepts(model: Any, argument: str) -> bool:
@@ -681,7 +471,7 @@ class _TokenClock(BaseStreamer):
 class _StopCheck(StoppingCriteria):
     """Stops on a stop string in the new text, or when the reply is cancelled."""
 
-    def __init__(self, reply: _Reply) -> None:
+    def __init__(self, reply: Reply) -> None:
         self._reply = reply
         self._window = max((len(s) for s in reply.settings.stop), default=0) + _STOP_WINDOW_TOKENS
 
@@ -691,7 +481,7 @@ class _StopCheck(StoppingCriteria):
             self._reply.cancelled = True
         elif self._reply.settings.stop:
             new = input_ids[0, len(self._reply.prompt_ids) :][-self._window :].tolist()
-            stop = _first_stop(self._reply.decode(new), self._reply.settings.stop) is not None
+            stop = first_stop(self._reply.decode(new), self._reply.settings.stop) is not None
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -728,61 +518,3 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
     sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
-
-
-class _TextAssembler:
-    """Turns streamed token ids into text deltas whose concatenation is the final text.
-
-    Holds back a trailing partial character (U+FFFD from a split multi-byte token) and any
-    tail that could be the start of a stop string, since the final text is cut before it.
-    """
-
-    def __init__(
-        self, decode: Callable[[Sequence[int]], str], stop: Sequence[str], eos_ids: frozenset[int]
-    ) -> None:
-        self._decode = decode
-        self._stop = tuple(stop)
-        self._eos_ids = eos_ids
-        self._ids: list[int] = []
-        self._emitted = ""
-
-    @property
-    def tokens(self) -> int:
-        return len(self._ids)
-
-    def push(self, token_id: int) -> str:
-        if token_id in self._eos_ids:
-            return ""  # ends the reply; never shown
-        self._ids.append(token_id)
-        text = self._decode(self._ids)
-        if not text.startswith(self._emitted):
-            return ""  # the decoder revised earlier text; finish() reconciles
-        delta = text[len(self._emitted) : self._safe_end(text)]
-        self._emitted += delta
-        return delta
-
-    def finish(self, final_text: str) -> str:
-        if not final_text.startswith(self._emitted):
-            LOG.warning(
-                "streamed text diverged from the final text; the final text is authoritative"
-            )
-            return ""
-        return final_text[len(self._emitted) :]
-
-    def _safe_end(self, text: str) -> int:
-        end = _first_stop(text, self._stop)
-        end = len(text) if end is None else end
-        # The longest tail that some stop string starts with may yet become that stop string.
-        hold = max(
-            (
-                n
-                for s in self._stop
-                for n in range(1, min(len(s) - 1, end) + 1)
-                if text[end - n : end] == s[:n]
-            ),
-            default=0,
-        )
-        end -= hold
-        while end > len(self._emitted) and text[end - 1] == "\ufffd":
-            end -= 1
-        return max(end, len(self._emitted))

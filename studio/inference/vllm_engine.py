@@ -9,11 +9,15 @@ How each protocol call maps onto vLLM:
   warm-up reply runs before load returns, so a model vLLM cannot run here (the CPU attention
   kernels take head sizes 32, 64, 80, ... only) fails at load with a ModelError, not mid-chat;
 - stream / generate: one request per reply; every engine step that advances it becomes a chunk
-  (the streamed text is assembled and finished exactly as the transformers engine does it);
+  (the streamed text is assembled and finished by studio.inference.replies, as in the
+  transformers engine);
   cancel and an abandoned stream abort the request at the next step;
 - score_loglikelihood(s): `prompt_logprobs=0` over context + continuation (the token split is
-  the transformers engine's own `_encode_pair`, lm-eval's convention), summed over the
-  continuation; `rank == 1` says the token was the argmax;
+  `TokenizedEngine._encode_pair`, lm-eval's convention, shared with the transformers engine),
+  summed over the continuation; `rank == 1` says the token was the argmax;
+- score_token_groups: the same on token ids the caller already split and fitted (the scoring
+  fast path and exact perplexity windows, studio.evaluation.loglikelihood), one request per
+  continuation, nothing decoded or re-encoded;
 - replace_weights: the worker's `reload_weights(weights_iterator=..., is_checkpoint_format=True)`
   through `collective_rpc` (plain `model.load_weights` does not work on the CPU build: it
   repacks linear weights into kernel-format tensors and leaves the parameters empty, so a second
@@ -58,6 +62,7 @@ from studio.errors import ModelError, StudioError
 from studio.hf_loading import LOAD_LOCK
 from studio.inference.engine import (
     GenerationChunk,
+    GenerationError,
     GenerationResult,
     GenerationSettings,
     LogLikelihood,
@@ -65,13 +70,10 @@ from studio.inference.engine import (
     NamedTensors,
     weights_bytes,
 )
-from studio.inference.transformers_engine import (
-    TransformersEngine,
-    _Reply,
-    _TextAssembler,
-)
+from studio.inference.engine_base import TokenizedEngine
+from studio.inference.replies import Reply, TextAssembler
 from studio.inference.vllm_driver import EngineDriver, Submission
-from studio.settings import StudioSettings, load_settings
+from studio.settings import StudioSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def vllm_build() -> Literal["cpu", "cuda"] | None:
 
 @dataclass
 class _Loaded:
-    """A loaded model: its driver, tokenizer, sizes, and what the borrowed helpers read."""
+    """A loaded model: its driver, tokenizer, sizes, and what TokenizedEngine's methods read."""
 
     driver: EngineDriver
     tokenizer: Any
@@ -108,29 +110,22 @@ class _Loaded:
     kv_cache_bytes: int
     checkpoint: dict[str, torch.Tensor]  # name -> meta tensor of the checkpoint's shape
     tied_embeddings: bool
-    # `config` / `generation_config` as the transformers engine's helpers read them from a model.
+    # `config` / `generation_config` as TokenizedEngine's methods read them from a model.
     config: Any
     generation_config: Any
 
 
-class VLLMEngine:
-    """One model loaded with vLLM; see the module docstring."""
+class VLLMEngine(TokenizedEngine):
+    """One model loaded with vLLM; see the module docstring.
+
+    Encoding, limits and checks come from `TokenizedEngine`, shared with the transformers
+    engine, so both engines' scores line up token for token. Its methods read
+    `self._require_model()`, here the _Loaded record (.config holds max_position_embeddings =
+    max_model_len - 1: vLLM reads the whole scored sequence, the transformers engine all of it
+    but the last token).
+    """
 
     engine_name = "vllm"
-
-    # Borrowed from the transformers engine so both engines encode, limit and check alike and
-    # their scores line up token for token. They read self.tokenizer, self._encode, self.spec
-    # and self._require_model(), which here returns the _Loaded record (.config holds
-    # max_position_embeddings = max_model_len - 1: vLLM reads the whole scored sequence, the
-    # transformers engine all of it but the last token).
-    _prepare = TransformersEngine._prepare
-    _encode = TransformersEngine._encode
-    _encode_pair = TransformersEngine._encode_pair
-    _eos_ids = TransformersEngine._eos_ids
-    _pad_id = TransformersEngine._pad_id
-    _check_tensor = TransformersEngine._check_tensor
-    _require_safetensors = TransformersEngine._require_safetensors
-    _not_loaded = TransformersEngine._not_loaded
 
     def __init__(
         self,
@@ -142,15 +137,12 @@ class VLLMEngine:
         enforce_eager: bool = True,
     ) -> None:
         """`kv_cache_bytes` None: see the module docstring; `max_model_len` None: the model's."""
-        self.spec = spec
-        self._settings = settings or load_settings()
+        super().__init__(spec, settings=settings)
         self._kv_cache_bytes = kv_cache_bytes
         self._max_model_len = max_model_len
         self._enforce_eager = enforce_eager
         self._lock = threading.Lock()  # load, unload, replace_weights
-        self._tokenizer_lock = threading.Lock()  # read by the borrowed _encode
         self._loaded: _Loaded | None = None
-        self._version = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -161,10 +153,6 @@ class VLLMEngine:
     @property
     def tokenizer(self) -> Any:
         return self._require_model().tokenizer
-
-    @property
-    def weights_version(self) -> int:
-        return self._version
 
     def estimate_memory_bytes(self) -> int:
         return weights_bytes(self.spec) + self.kv_cache_bytes()
@@ -326,9 +314,9 @@ class VLLMEngine:
         return self._stream(reply, loaded.driver, submission)
 
     def _stream(
-        self, reply: _Reply, driver: EngineDriver, submission: Submission
+        self, reply: Reply, driver: EngineDriver, submission: Submission
     ) -> Iterator[GenerationChunk]:
-        text = _TextAssembler(reply.decode, reply.settings.stop, reply.eos_ids)
+        text = TextAssembler(reply.decode, reply.settings.stop, reply.eos_ids)
         ids: list[int] = []
         times: list[float] = []
         pending = ""  # text not yet yielded (the last step's goes out with the result)
@@ -372,26 +360,76 @@ class VLLMEngine:
     ) -> list[LogLikelihood]:
         """log P(continuation | context) for each pair; vLLM's scheduler does the batching
         (`batch_size` is for the transformers engine's padded batches and is not used here)."""
-        from vllm import SamplingParams
-
         loaded = self._require_model()
         encoded = [self._encode_pair(context, continuation) for context, continuation in pairs]
+        return self._score_pairs(loaded, encoded)
+
+    def score_token_groups(
+        self,
+        groups: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+        *,
+        batch_size: int = 8,
+    ) -> list[list[LogLikelihood]]:
+        """Log-likelihoods of continuations sharing a context, scored from token ids.
+
+        The transformers engine's contract: `groups` holds (context ids, [continuation ids,
+        ...]) and the ids must already fit the model (the caller truncates; here context +
+        continuation may be at most max_model_len - 1 tokens, as vLLM keeps room for the one
+        token it generates). Each continuation is one `prompt_logprobs` request over context +
+        continuation; vLLM's scheduler batches them (`batch_size` is not used). Equal to
+        `score_loglikelihoods` on the same tokens.
+        """
+        loaded = self._require_model()
+        limit = loaded.max_model_len - 1
+        pairs: list[tuple[list[int], list[int]]] = []
+        for g, (context, continuations) in enumerate(groups):
+            if not context:
+                raise GenerationError(
+                    f"token group {g} has an empty context; start it with the prefix token "
+                    "(BOS, else EOS) so the first continuation token is conditioned on something"
+                )
+            for continuation in continuations:
+                if not continuation:
+                    raise GenerationError(
+                        f"token group {g} has an empty continuation; give the tokens to score"
+                    )
+                if len(context) + len(continuation) > limit:
+                    raise GenerationError(
+                        f"token group {g} is {len(context) + len(continuation)} tokens but model "
+                        f"'{self.spec.name}' scores at most {limit} with vLLM; cut the context "
+                        f"to fit (max_length {limit - 1})"
+                    )
+                pairs.append((list(context), list(continuation)))
+        flat = iter(self._score_pairs(loaded, pairs))
+        return [[next(flat) for _ in continuations] for _, continuations in groups]
+
+    def _score_pairs(
+        self, loaded: _Loaded, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> list[LogLikelihood]:
+        """log P(continuation | context) for (context ids, continuation ids), all submitted at
+        once so vLLM batches them."""
+        from vllm import SamplingParams
+
         # One token is generated (vLLM needs max_tokens >= 1); only the prompt's scores count.
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        submissions = [loaded.driver.submit(ctx + cont, params) for ctx, cont in encoded]
+        submissions = [loaded.driver.submit(ctx + cont, params) for ctx, cont in pairs]
         scored = []
-        for (ctx, cont), submission in zip(encoded, submissions, strict=True):
-            output = _final_output(submission)
-            rows = output.prompt_logprobs[len(ctx) :]  # row i: the token at len(ctx) + i
-            picked = [row[token] for row, token in zip(rows, cont, strict=True)]
-            scored.append(
-                LogLikelihood(
-                    context_tokens=tuple(ctx),
-                    continuation_tokens=tuple(cont),
-                    token_logprobs=tuple(float(p.logprob) for p in picked),
-                    is_greedy=all(p.rank == 1 for p in picked),
+        try:
+            for (ctx, cont), submission in zip(pairs, submissions, strict=True):
+                output = _final_output(submission)
+                rows = output.prompt_logprobs[len(ctx) :]  # row i: the token at len(ctx) + i
+                picked = [row[token] for row, token in zip(rows, cont, strict=True)]
+                scored.append(
+                    LogLikelihood(
+                        context_tokens=tuple(ctx),
+                        continuation_tokens=tuple(cont),
+                        token_logprobs=tuple(float(p.logprob) for p in picked),
+                        is_greedy=all(p.rank == 1 for p in picked),
+                    )
                 )
-            )
+        finally:
+            for submission in submissions[len(scored) + 1 :]:  # after a failure: drop the rest
+                loaded.driver.abort(submission.request_id)
         return scored
 
     # -- live weights -------------------------------------------------------------------------
@@ -457,7 +495,7 @@ def _gib_from_env(name: str) -> int | None:
         raise StudioError(f"{name}={value!r} is not a number of GB; set it to e.g. 1") from error
 
 
-def _sampling_params(reply: _Reply) -> Any:
+def _sampling_params(reply: Reply) -> Any:
     from vllm import SamplingParams
 
     settings = reply.settings
@@ -469,7 +507,7 @@ def _sampling_params(reply: _Reply) -> Any:
         seed=reply.seed,
         max_tokens=reply.max_new_tokens,
         # The EOS set the transformers engine uses (config, tokenizer, template markers); the
-        # stopping token stays in token_ids and _Reply.finish removes it.
+        # stopping token stays in token_ids and Reply.finish removes it.
         stop_token_ids=sorted(reply.eos_ids),
         stop=list(settings.stop) or None,
         # Our own decoder assembles the text; vLLM detokenizes only to find stop strings.

@@ -10,9 +10,10 @@ import gradio as gr
 from studio.settings import StudioSettings, load_settings
 from studio.ui.chat_tab import build_chat_tab
 from studio.ui.jobs_tab import build_jobs_tab
-from studio.ui.later_tabs import build_later_tabs
 from studio.ui.merge_tab import build_merge_tab
 from studio.ui.models_tab import build_models_tab
+from studio.ui.score_tab import build_score_tab
+from studio.ui.train_tab import build_train_tab
 
 TITLE = "Merge Studio"
 CSS = ".studio-progress{margin:4px 0}"
@@ -31,7 +32,8 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
             build_models_tab(settings)
             build_merge_tab(settings)
             build_chat_tab(settings)
-            build_later_tabs()
+            build_score_tab(settings)
+            build_train_tab(settings)
             build_jobs_tab(settings)
     return demo
 

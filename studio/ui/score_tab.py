@@ -18,6 +18,7 @@ import gradio as gr
 
 from studio.errors import validated
 from studio.evaluation import jobs as scoring_jobs
+from studio.evaluation.checkpoint_sweep import CheckpointSweepRequest
 from studio.evaluation.scoring import ScoreSettings
 from studio.evaluation.sweeps import (
     ScoreReport,
@@ -138,6 +139,34 @@ def on_sweep_start(
 
 
 @user_errors
+def on_checkpoint_sweep_start(
+    settings: StudioSettings,
+    run_dir: str,
+    recipe_yaml: str | None,
+    tasks: list[str] | None,
+    extra_tasks: str | None,
+    quick: bool,
+    limit: float | None,
+    fewshot: float | None,
+    request: gr.Request | None = None,
+) -> dict[str, Any]:
+    """Score a CPT run's checkpoints by step, alone and merged by the recipe with its first
+    model replaced by each checkpoint (API: /checkpoint_sweep)."""
+    sweep_request = validated(
+        CheckpointSweepRequest,
+        SweepError,
+        run_dir=run_dir.strip() if run_dir and run_dir.strip() else None,
+        recipe=recipe_yaml if recipe_yaml and recipe_yaml.strip() else None,
+        tasks=_tasks(tasks, extra_tasks),
+        settings=_settings(quick, limit, fewshot),
+    )
+    record = scoring_jobs.start_checkpoint_sweep_job(
+        sweep_request, settings=settings, owner=_owner(request)
+    )
+    return status_dict(get_runner(settings).status(record.id))
+
+
+@user_errors
 def on_score_report(settings: StudioSettings, job_id: str) -> dict[str, Any]:
     """A score/sweep job's status and, once it has finished, its report (API: /score_report)."""
     status = status_dict(get_runner(settings).status(job_id.strip()))
@@ -165,7 +194,8 @@ def show_report(
     csv_path = Path(settings.jobs_dir) / job_id / "scores.csv"
     csv_path.write_text(report.to_csv(), encoding="utf-8")
     table = gr.Dataframe(value=rows, headers=headers)
-    return bar, table, chart, str(csv_path), gr.Timer(active=False)
+    # The report is written just before the worker exits: keep polling until the job says done.
+    return bar, table, chart, str(csv_path), gr.Timer(active=not status["done"])
 
 
 def build_score_tab(settings: StudioSettings) -> None:
@@ -210,6 +240,16 @@ def build_score_tab(settings: StudioSettings) -> None:
                 stop = gr.Number(value=1.0, label="To")
                 points = gr.Slider(2, MAX_POINTS, value=5, step=1, label="Points")
             sweep_btn = gr.Button("Run sweep")
+        with gr.Accordion("Checkpoint sweep: a CPT run's checkpoints by step", open=False):
+            gr.Markdown(
+                "Each checkpoint is scored alone and merged by the recipe above with its first "
+                "model replaced by the checkpoint (a better CPT checkpoint, a better merge?)."
+            )
+            with gr.Row():
+                run_dir = gr.Textbox(
+                    label="Training run folder", placeholder="~/.merge_studio/runs/tiny-cpt"
+                )
+                checkpoints_btn = gr.Button("Score checkpoints")
         with gr.Row():
             job_id = gr.Textbox(label="Job id", interactive=False)
             cancel = gr.Button("Cancel", variant="stop")
@@ -237,6 +277,12 @@ def build_score_tab(settings: StudioSettings) -> None:
             [recipe, parameter, start, stop, points, *options],
             [job_json],
             api_name="sweep",
+        ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
+        checkpoints_btn.click(
+            bind(on_checkpoint_sweep_start, settings),
+            [run_dir, recipe, *options],
+            [job_json],
+            api_name="checkpoint_sweep",
         ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
         timer.tick(
             bind(show_report, settings),

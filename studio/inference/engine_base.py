@@ -1,0 +1,182 @@
+"""`TokenizedEngine`: the tokenizer-side half that both engines share, so they agree to the token.
+
+The transformers engine (studio/inference/transformers_engine.py) and the vLLM engine
+(studio/inference/vllm_engine.py) both inherit it. Encoding a prompt, the prompt-length check,
+the EOS set, the pad token and lm-eval's split of a (context, continuation) pair all live here
+once, which is what lets tests/test_vllm_engine.py assert that the two engines give the same
+tokens, replies and scores. Also shared: the safetensors-only check before a load, the
+"not loaded" error and the name/shape check of a pushed tensor.
+
+A subclass sets `tokenizer` (property) and `_require_model()`, which returns the loaded model
+as these methods read it: `.config` (`max_position_embeddings`, optional: the most tokens one
+forward pass reads) and `.generation_config` (`eos_token_id`, `pad_token_id`). The transformers
+engine returns its `PreTrainedModel`; the vLLM engine a record carrying both.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from studio.errors import ModelError
+from studio.inference.engine import GenerationError, GenerationSettings, ModelSpec
+from studio.inference.replies import Reply, decoder
+from studio.settings import StudioSettings, load_settings
+
+
+class TokenizedEngine:
+    """Tokenizer-side methods shared by the engines; see the module docstring."""
+
+    def __init__(self, spec: ModelSpec, *, settings: StudioSettings | None = None) -> None:
+        self.spec = spec
+        self._settings = settings or load_settings()
+        self._tokenizer_lock = threading.Lock()  # Rust tokenizers may not encode concurrently
+        self._version = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def weights_version(self) -> int:
+        return self._version
+
+    def _require_model(self) -> Any:
+        raise NotImplementedError
+
+    def _not_loaded(self) -> ModelError:
+        return ModelError(
+            f"model '{self.spec.name}' is not loaded (it may have been unloaded to make room "
+            "for another); load it again"
+        )
+
+    def _require_safetensors(self, folder: Path) -> None:
+        if any(folder.glob("*.safetensors")):
+            return
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            raise ModelError(
+                f"model '{self.spec.name}' has only pickle weights (.bin/.pt); convert it to "
+                "safetensors or set STUDIO_ALLOW_PICKLE=1 if you trust its source"
+            )
+        raise ModelError(f"model '{self.spec.name}' has no .safetensors weights in {folder}")
+
+    # -- generation requests ------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        prompt: str,
+        settings: GenerationSettings,
+        add_special_tokens: bool,
+        cancel: threading.Event | None,
+    ) -> Reply:
+        started = time.perf_counter()
+        model = self._require_model()
+        ids = self._encode(prompt, add_special_tokens)
+        if not ids:
+            raise GenerationError("the prompt is empty; type a message first")
+        limit = getattr(model.config, "max_position_embeddings", None)
+        max_new = settings.max_new_tokens
+        if limit is not None:
+            if len(ids) >= limit:
+                raise GenerationError(
+                    f"the prompt is {len(ids)} tokens but model '{self.spec.name}' reads at most "
+                    f"{limit}; clear the chat or shorten the system prompt"
+                )
+            max_new = min(max_new, limit - len(ids))
+        seed = (
+            None
+            if settings.greedy
+            else (settings.seed if settings.seed is not None else secrets.randbits(31))
+        )
+        return Reply(
+            settings=settings,
+            prompt_ids=ids,
+            max_new_tokens=max_new,
+            eos_ids=self._eos_ids(model, settings),
+            pad_id=self._pad_id(model),
+            seed=seed,
+            decode=decoder(self.tokenizer),  # bound now: an unload must not break decoding
+            cancel=cancel,
+            started=started,
+        )
+
+    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        with self._tokenizer_lock:
+            return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def _eos_ids(self, model: Any, settings: GenerationSettings) -> frozenset[int]:
+        configured = model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, list) else [configured])
+        ids.add(self.tokenizer.eos_token_id)
+        ids.update(settings.stop_token_ids)
+        return frozenset(i for i in ids if i is not None)
+
+    def _pad_id(self, model: Any) -> int:
+        for candidate in (
+            self.tokenizer.pad_token_id,
+            model.generation_config.pad_token_id,
+            self.tokenizer.eos_token_id,
+        ):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    # -- scoring ------------------------------------------------------------------------------
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) split as lm-eval does: encode the whole, cut at the context."""
+        if not continuation:
+            raise GenerationError(
+                "the continuation to score is empty; give the text whose likelihood you want"
+            )
+        # lm-eval moves the context's trailing whitespace into the continuation.
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self._encode(context + continuation, True)
+        context_ids = self._encode(context, True)
+        continuation_ids = whole[len(context_ids) :]
+        if not continuation_ids:
+            raise GenerationError(
+                f"the continuation {continuation!r} encodes to no tokens; give longer text"
+            )
+        if not context_ids:
+            # The first continuation token needs something to be conditioned on.
+            prefix = self.tokenizer.bos_token_id
+            prefix = self.tokenizer.eos_token_id if prefix is None else prefix
+            context_ids = [int(prefix)]
+        limit = getattr(self._require_model().config, "max_position_embeddings", None)
+        if limit is not None and len(continuation_ids) >= limit:
+            raise GenerationError(
+                f"the continuation is {len(continuation_ids)} tokens but model '{self.spec.name}' "
+                f"reads at most {limit}; score shorter text"
+            )
+        if limit is not None and len(context_ids) + len(continuation_ids) - 1 > limit:
+            context_ids = context_ids[
+                len(context_ids) + len(continuation_ids) - 1 - limit :
+            ]  # keep the end
+        return context_ids, continuation_ids
+
+    # -- live weights -------------------------------------------------------------------------
+
+    def _check_tensor(
+        self, state: Mapping[str, torch.Tensor], name: str, tensor: torch.Tensor
+    ) -> torch.Tensor:
+        target = state.get(name)
+        if target is None:
+            raise ModelError(
+                f"model '{self.spec.name}' has no tensor named '{name}'; the new weights must come "
+                "from a model with the same architecture"
+            )
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise ModelError(
+                f"tensor '{name}' of model '{self.spec.name}' has shape {tuple(target.shape)} but "
+                f"the new one has {tuple(tensor.shape)}; merge models of the same shape"
+            )
+        return target
