@@ -72,9 +72,21 @@ FACTS = [
 ]
 
 
-def write_task(folder: Path, items: int, seed: int = 0) -> Path:
-    """A studio-format MC JSONL of `items` questions (facts and small sums, shuffled options)."""
+# A MedQA/PubMedQA-style case passage: real domain questions carry a ~100-token vignette that
+# every option shares, which is where computing the shared context once pays.
+VIGNETTE = (
+    "a patient came to the clinic with a fever and a rash on the arm . the doctor wrote a note "
+    "and gave the patient two doses of the drug . the next day the patient felt better , read "
+    "books in the library and walked to the river . the nurse said the fever was gone and the "
+    "rash was smaller . the doctor asked the patient to come back in one week . "
+)
+
+
+def write_task(folder: Path, items: int, seed: int = 0, *, style: str = "short") -> Path:
+    """A studio-format MC JSONL of `items` questions (facts and small sums, shuffled options);
+    style "vignette" puts a shared case passage before every question."""
     rng = random.Random(seed)
+    prefix = VIGNETTE if style == "vignette" else ""
     rows = []
     for i in range(items):
         if i % 2 == 0:
@@ -88,7 +100,7 @@ def write_task(folder: Path, items: int, seed: int = 0) -> Path:
             options = [NUMBERS[a + b - 1]] + [NUMBERS[n - 1] for n in wrong_sums]
         order = list(range(4))
         rng.shuffle(order)
-        row = {"id": f"b{i}", "question": question, "options": [options[k] for k in order]}
+        row = {"id": f"b{i}", "question": prefix + question, "options": [options[k] for k in order]}
         row["answer"] = order.index(0)
         rows.append(row)
     path = folder / "bench_mc.jsonl"
@@ -165,6 +177,12 @@ def main() -> None:
     parser.add_argument("--num-fewshot", type=int, nargs="+", default=[0, 5])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median)")
+    parser.add_argument(
+        "--style",
+        choices=["short", "vignette"],
+        default="short",
+        help="short questions, or a ~100-token case passage before each (MedQA/PubMedQA-like)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
@@ -181,7 +199,7 @@ def main() -> None:
             model_dir = smollm2_model(folder)
         else:
             model_dir = tiny_model(folder)
-        task_path = write_task(folder, args.items)
+        task_path = write_task(folder, args.items, style=args.style)
         torch.set_grad_enabled(False)  # after the tiny family's fine-tunes
         engine = TransformersEngine(ModelSpec.from_path(model_dir, dtype="float32"))
         engine.load()

@@ -63,8 +63,9 @@ from studio.training.config import (
     TrainConfigError,
     dump_train_config,
     load_train_config,
+    registers_checkpoints,
 )
-from studio.training.jobs import resolve_train_model
+from studio.training.jobs import resolve_train_model, runs_dir
 from studio.training.runlog import (
     CheckpointRecord,
     DataRecord,
@@ -110,6 +111,8 @@ class CPTRecipe:
     def __init__(self, config: CPTConfig | SFTConfig, *, events: EventWriter | None = None) -> None:
         self.config = config
         self.run_dir = Path(config.output_dir)
+        # A run under STUDIO_HOME/runs is listed by the catalog itself (source "train").
+        self.register = registers_checkpoints(config, runs_dir())
         self.step = 0
         self.tokens = 0
         self.last_saved: Path | None = None
@@ -398,7 +401,7 @@ class CPTRecipe:
         self._emit(CheckpointRecord(step=self.step, path=str(final.resolve()), resumable=True))
         if self.events is not None:
             self.events.log(f"saved checkpoint {final.name}")
-        if acc.is_main_process and self.config.register_checkpoints:
+        if acc.is_main_process and self.register:
             _register(final)
         return final
 

@@ -67,13 +67,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, default=str) if args.json else text)
 
 
-def looks_like_path(ref: str) -> bool:
-    return "/" in ref or ref.startswith((".", "~"))
-
-
 def _model_path(ref: str) -> str:
     """A catalog name or a folder -> the folder (so both spellings work everywhere)."""
-    return ref if looks_like_path(ref) else catalog.find_model(ref).path
+    return catalog.model_folder(ref)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| STUDIO_HOME | ~/.merge_studio | job history (SQLite), merges, imported models, starter zoo |
+| STUDIO_HOME | ~/.merge_studio | job history (SQLite), merges, training runs, imported models, starter zoo |
 | STUDIO_MODEL_ROOTS | (none) | extra folders, separated by ':', whose model sub-folders appear in the catalog |
 | STUDIO_ALLOW_PICKLE | 0 | 1 lets the studio read pickle (.bin/.pt) checkpoints |
 | STUDIO_TRUST_REMOTE_CODE | 0 | 1 lets the studio load models that need trust_remote_code |
@@ -41,6 +41,11 @@ class StudioSettings:
         return self.home / "merges"
 
     @property
+    def runs_dir(self) -> Path:
+        """Default parent of training run folders (their step-* checkpoints are in the catalog)."""
+        return self.home / "runs"
+
+    @property
     def jobs_dir(self) -> Path:
         """One sub-folder per job: its event stream and log."""
         return self.home / "jobs"
@@ -50,7 +55,7 @@ class StudioSettings:
         return self.home / "studio.sqlite3"
 
     def ensure_dirs(self) -> None:
-        for folder in (self.home, self.models_dir, self.merges_dir, self.jobs_dir):
+        for folder in (self.home, self.models_dir, self.merges_dir, self.runs_dir, self.jobs_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
 

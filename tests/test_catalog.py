@@ -497,6 +497,39 @@ def test_list_models_covers_every_source(
     assert find_model("ties-1", settings=settings).path == str((merges / "ties-1").resolve())
 
 
+def test_training_checkpoints_are_listed_by_run_and_step(
+    tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """STUDIO_HOME/runs/<run>/step-NNNNNNNN folders are "train" entries named <run>/step-N with
+    their step; a `.partial` checkpoint and a run file that is not a checkpoint are skipped; a
+    registered checkpoint stays "train" (listed once); find_model resolves the names."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    run = settings.runs_dir / "cpt-demo"
+    copy_model(tiny_family["base"], run / "step-00000010")
+    copy_model(tiny_family["base"], run / "step-00000020")
+    copy_model(tiny_family["base"], run / "step-00000030.partial")
+    (run / "metrics.jsonl").write_text("")
+    (run / "step-00000040").mkdir()  # no config.json (yet): not a model
+    copy_model(tiny_family["cpt"], tmp_path / "elsewhere" / "cpt")
+    add_local_model(run / "step-00000020", settings=settings)  # registered by an older run
+    add_local_model(tmp_path / "elsewhere" / "cpt", settings=settings)
+
+    entries = list_models(settings)
+    assert [(e.name, e.source, e.step) for e in entries] == [
+        ("cpt", "local", None),
+        ("cpt-demo/step-00000010", "train", 10),
+        ("cpt-demo/step-00000020", "train", 20),
+    ]
+    for step in (10, 20):
+        entry = find_model(f"cpt-demo/step-{step:08d}", settings=settings)
+        assert (entry.source, entry.step) == ("train", step)
+        assert entry.path == str((run / f"step-{step:08d}").resolve())
+    assert find_model(str(run / "step-00000010"), settings=settings).name == (
+        "cpt-demo/step-00000010"
+    )
+
+
 def test_add_local_model_persists_in_sqlite(
     tiny_family: dict[str, Path], studio_home: Path
 ) -> None:

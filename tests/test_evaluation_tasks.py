@@ -255,3 +255,53 @@ def test_demo_tasks_load() -> None:
     assert {tasks[n].format for n in ("clinic_notes", "general_text")} == {"text"}
     assert tasks["clinic_qa_reference"].format == "prompt_reference"
     assert all(Path(t.source).is_absolute() for t in tasks.values())
+
+
+def test_hub_task_is_refused_offline_in_a_sentence() -> None:
+    """HF_HUB_OFFLINE=1 (set for every test): a Hub task says how to use a file instead."""
+    with pytest.raises(TaskError, match="HF_HUB_OFFLINE is set; download the split"):
+        load_task("hub:openlifescienceai/medmcqa@validation")
+    with pytest.raises(TaskError, match="is not a Hub task"):
+        load_task("hub:@test")
+
+
+def test_hub_task_reads_rows_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online, the rows come from datasets.load_dataset (the Hub itself is mocked: it cannot be
+    reached here) and are parsed exactly like a local file in the same layout."""
+    import datasets
+
+    calls: list[tuple[str, str | None, str]] = []
+    rows = [
+        {"question": "Which vitamin?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D", "cop": 1},
+        {
+            "question": "Which organ?",
+            "opa": "liver",
+            "opb": "skin",
+            "opc": "eye",
+            "opd": "ear",
+            "cop": 0,
+        },
+    ]
+
+    def fake_load_dataset(name: str, config: str | None = None, *, split: str) -> datasets.Dataset:
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = load_task("hub:openlifescienceai/medmcqa@validation")
+    assert calls == [("openlifescienceai/medmcqa", None, "validation")]
+    assert (task.name, task.format, task.source) == (
+        "medmcqa",
+        "medmcqa",
+        "hub:openlifescienceai/medmcqa@validation",
+    )
+    assert [item.gold for item in task.items] == [1, 0]
+    assert "B12" in task.items[0].query  # lettered layout: the options are in the question
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(datasets, "load_dataset", failing)
+    with pytest.raises(TaskError, match="could not read cais/mmlu:anatomy split 'test'"):
+        load_task("hub:cais/mmlu:anatomy")

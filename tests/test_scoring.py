@@ -45,7 +45,7 @@ TEXT = (
 
 class ProtocolOnly:
     """The engine seen only through the `InferenceEngine` protocol: no token-level fast path
-    (what a vLLM engine without `score_token_groups` gets)."""
+    (what an engine without `score_token_groups` gets; both shipped engines have one)."""
 
     def __init__(self, engine: TransformersEngine) -> None:
         self._engine = engine

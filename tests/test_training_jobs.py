@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pipelines.tiny_models import DOMAIN_TEXT, GENERAL_TEXT
 from studio.catalog.registry import list_models
 from studio.jobs.runner import get_runner
 from studio.jobs.store import JobState
+from studio.settings import load_settings
 from studio.training import (
     CPTConfig,
     TrainConfigError,
@@ -32,6 +34,8 @@ from studio.training import (
     train_status,
 )
 from studio.training.checkpoints import list_checkpoints
+from studio.training.config import registers_checkpoints, resolve_paths
+from studio.training.jobs import default_run_dir, resolve_train_model
 
 TIMEOUT = 180.0
 
@@ -153,6 +157,26 @@ def test_start_refuses_bad_inputs_before_any_job(cpt, tmp_path: Path) -> None:
     with pytest.raises(TrainConfigError, match="already holds checkpoints"):
         start_train_job(cpt())
     assert get_runner().list() == []
+
+
+def test_runs_under_studio_home_are_not_registered_twice(cpt, tiny_family) -> None:
+    """register_checkpoints unset: a run in STUDIO_HOME/runs is not registered (the catalog
+    lists its checkpoints as "train"), a run elsewhere is; a value given wins. A checkpoint's
+    catalog name (<run>/step-NNNNNNNN) works as `model:` and stays a name in the job's config."""
+    settings = load_settings()
+    inside = cpt(output_dir=str(default_run_dir("demo", settings)))
+    assert Path(inside.output_dir).parent == settings.runs_dir
+    assert registers_checkpoints(inside, settings.runs_dir) is False
+    assert registers_checkpoints(cpt(), settings.runs_dir) is True
+    forced = cpt(output_dir=inside.output_dir, register_checkpoints=True)
+    assert registers_checkpoints(forced, settings.runs_dir) is True
+    assert registers_checkpoints(cpt(register_checkpoints=False), settings.runs_dir) is False
+
+    checkpoint = settings.runs_dir / "demo" / "step-00000003"
+    shutil.copytree(tiny_family["base"], checkpoint)
+    config = resolve_paths(cpt(model="demo/step-00000003"))
+    assert config.model == "demo/step-00000003"
+    assert resolve_train_model(config.model, settings) == checkpoint.resolve()
 
 
 # ---------------------------------------------------------------------- real jobs

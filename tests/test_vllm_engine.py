@@ -25,7 +25,11 @@ pytest.importorskip("vllm", reason="the vLLM lane runs in .venv-vllm: bash scrip
 
 from pipelines.tiny_models import TinyShape, build_tiny_family  # noqa: E402
 from studio.errors import ModelError  # noqa: E402
-from studio.evaluation.loglikelihood import encode_pair, token_scorer  # noqa: E402
+from studio.evaluation.loglikelihood import (  # noqa: E402
+    encode_pair,
+    model_max_length,
+    token_scorer,
+)
 from studio.evaluation.scoring import ScoreSettings, score_task  # noqa: E402
 from studio.evaluation.tasks import load_task  # noqa: E402
 from studio.inference import (  # noqa: E402
@@ -372,6 +376,53 @@ def test_score_task_gives_the_same_results_on_both_engines(
         for name, value in ours.metrics.items():
             assert value == pytest.approx(theirs.metrics[name], rel=1e-3, nan_ok=True)
     assert theirs.items[0].tokens is not None and theirs.items[0].tokens > 8
+
+
+def test_a_context_longer_than_the_model_is_cut_from_the_left(
+    cpt: tuple[VLLMEngine, TransformersEngine],
+) -> None:
+    """A pair longer than vLLM takes (max_model_len - 1 = 127 tokens here) scores instead of
+    failing: its context keeps its last tokens so the pair is exactly 127 tokens (lm-eval's
+    left truncation at max_length = 126), and the score equals the transformers engine's score
+    of that same truncated pair within 1e-3."""
+    vllm, hf = cpt
+    assert vllm.max_length == 126 and hf.max_length == 128
+    context = " ".join(["the sun rises in the east and sets in the west ."] * 20)
+    continuation = " the river flows"
+    full_context, full_continuation = hf._encode_pair(context, continuation)
+    assert len(full_context) + len(full_continuation) > 128
+    ours = vllm.score_loglikelihood(context, continuation)
+    assert len(ours.context_tokens) + len(ours.continuation_tokens) == 127
+    assert ours.continuation_tokens == tuple(full_continuation)
+    assert ours.context_tokens == tuple(full_context[-len(ours.context_tokens) :])
+    ((theirs,),) = hf.score_token_groups(
+        [(list(ours.context_tokens), [list(ours.continuation_tokens)])]
+    )
+    assert theirs.token_logprobs == pytest.approx(ours.token_logprobs, abs=1e-3)
+    assert theirs.logprob == pytest.approx(ours.logprob, abs=1e-3)
+    assert theirs.is_greedy == ours.is_greedy
+
+
+def test_perplexity_windows_fit_vllm_without_max_length(
+    cpt: tuple[VLLMEngine, TransformersEngine], tmp_path: Path
+) -> None:
+    """With max_length unset, score_task sizes perplexity windows by the engine's own
+    max_length (vLLM: max_model_len - 2 = 126), so a text of several full windows scores on
+    vLLM and equals the transformers engine's score at that window size: same tokens counted,
+    log-probs within 1e-3, perplexity within 1e-3 relative."""
+    vllm, hf = cpt
+    assert model_max_length(vllm) == vllm.max_length == 126
+    sentence = "the sun rises in the east and sets in the west . the river flows to the sea ."
+    text_path = tmp_path / "long.txt"
+    text_path.write_text(" ".join([sentence] * 30) + "\n", encoding="utf-8")
+    task = load_task(text_path)
+    ours = score_task(vllm, task, ScoreSettings())
+    theirs = score_task(hf, task, ScoreSettings(max_length=vllm.max_length))
+    assert len(ours.items) == len(theirs.items) == 1
+    assert ours.items[0].tokens == theirs.items[0].tokens
+    assert ours.items[0].tokens is not None and ours.items[0].tokens > 3 * 126
+    assert ours.items[0].logprobs == pytest.approx(theirs.items[0].logprobs, abs=1e-3)
+    assert ours.metrics["perplexity"] == pytest.approx(theirs.metrics["perplexity"], rel=1e-3)
 
 
 # -- live weights -------------------------------------------------------------------------------

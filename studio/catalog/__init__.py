@@ -18,6 +18,7 @@ from studio.catalog.registry import (
     add_local_model,
     find_model,
     list_models,
+    model_folder,
     remove_local_model,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "add_local_model",
     "check_compatibility",
     "find_model",
+    "model_folder",
     "find_smollm2_gguf",
     "import_gguf",
     "inspect_model",

@@ -9,11 +9,14 @@ read from the folders on every call, plus the folders a user registered by path:
 | imported | STUDIO_HOME/models/*           (GGUF imports: `.gguf_source` marker)   |
 | hub      | STUDIO_HOME/models/*           (Hub downloads: `.hub_id` marker)       |
 | merge    | STUDIO_HOME/merges/*                                                   |
+| train    | STUDIO_HOME/runs/*/step-NNNNNNNN (training checkpoints)               |
 | root     | each STUDIO_MODEL_ROOTS folder/*                                       |
 | local    | folders added with `add_local_model` (SQLite table catalog_models)    |
 
-Folders still being written (`*.partial*`) are skipped. Names are unique: a name seen twice
-gets its source appended.
+Folders still being written (`*.partial*`) are skipped. A training checkpoint is named
+`<run>/step-NNNNNNNN` and carries its `step`. A folder found twice is listed once, under the
+first source of that table (a registered checkpoint under runs/ stays "train"). Names are
+unique: a name seen twice gets its source appended.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from studio import db
 from studio.catalog.inspect import CONFIG_FILE, inspect_model, resolve_model_path
 from studio.errors import ModelError
 from studio.settings import StudioSettings, load_settings
+from studio.training.checkpoints import checkpoint_step
 
 LOG = logging.getLogger(__name__)
 
-Source = Literal["starter", "imported", "hub", "local", "merge", "root"]
+Source = Literal["starter", "imported", "hub", "local", "merge", "train", "root"]
 SOURCE_ORDER: tuple[str, ...] = get_args(Source)
 STARTER_PREFIX = "starter-"
 HUB_MARKER = ".hub_id"
@@ -53,19 +57,22 @@ CREATE TABLE IF NOT EXISTS catalog_models (
 
 
 class ModelEntry(BaseModel, frozen=True):
-    """One model the studio offers: a unique name, its absolute folder, where it came from."""
+    """One model the studio offers: a unique name, its absolute folder, where it came from
+    (and, for a training checkpoint, its optimizer step)."""
 
     name: str
     path: str
     source: Source
+    step: int | None = None
 
 
 def list_models(settings: StudioSettings | None = None) -> list[ModelEntry]:
     """Every model in the catalog, sorted by source (in SOURCE_ORDER) then name."""
     settings = settings or load_settings()
-    found: dict[str, tuple[str, Source]] = {}  # path -> (folder name, source); first one wins
+    found: dict[str, tuple[str, Source]] = {}  # path -> (name, source); first one wins
     for path, source in _scan(settings):
-        found.setdefault(str(path), (path.name, source))
+        name = f"{path.parent.name}/{path.name}" if source == "train" else path.name
+        found.setdefault(str(path), (name, source))
     ordered = sorted(
         found.items(),
         key=lambda item: (SOURCE_ORDER.index(item[1][1]), item[1][0].lower(), item[0]),
@@ -124,6 +131,23 @@ def find_model(name_or_path: str, *, settings: StudioSettings | None = None) -> 
     raise ModelError(f"no model called '{text}' in the catalog; known models: {names}")
 
 
+def model_folder(ref: str, *, settings: StudioSettings | None = None) -> str:
+    """A model folder from what a user typed: an existing folder (kept as given), else a catalog
+    name (including `<run>/step-NNNNNNNN`); ModelError listing the names if it is neither."""
+    text = str(ref).strip()
+    if text and Path(text).expanduser().exists():
+        return text
+    try:
+        return find_model(text, settings=settings).path
+    except ModelError:
+        if text.startswith(("/", ".", "~")):  # meant as a folder: say that it is missing
+            raise ModelError(
+                f"model path {_absolute(text)} does not exist; choose a model folder or a "
+                "catalog name"
+            ) from None
+        raise
+
+
 # --------------------------------------------------------------------------- scanning
 
 
@@ -132,6 +156,10 @@ def _scan(settings: StudioSettings) -> Iterator[tuple[Path, Source]]:
         yield folder, _models_dir_source(folder)
     for folder in _model_folders(settings.merges_dir):
         yield folder, "merge"
+    for run in _run_folders(settings.runs_dir):
+        for folder in _model_folders(run):
+            if checkpoint_step(folder) is not None:
+                yield folder, "train"
     for root in settings.model_roots:
         if _is_model_folder(root):
             yield Path(os.path.abspath(root)), "root"
@@ -154,6 +182,15 @@ def _model_folders(parent: Path) -> Iterator[Path]:
             continue
         if _is_model_folder(child):
             yield Path(os.path.abspath(child))
+
+
+def _run_folders(parent: Path) -> Iterator[Path]:
+    """Training run folders under `parent` (hidden ones skipped)."""
+    if not parent.is_dir():
+        return
+    for child in sorted(parent.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            yield child
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -179,7 +216,8 @@ def _with_unique_names(ordered: list[tuple[str, tuple[str, Source]]]) -> list[Mo
             unique = f"{name}-{source}-{counter}"
             counter += 1
         taken.add(unique)
-        entries.append(ModelEntry(name=unique, path=path, source=source))
+        step = checkpoint_step(path) if source == "train" else None
+        entries.append(ModelEntry(name=unique, path=path, source=source, step=step))
     return entries
 
 

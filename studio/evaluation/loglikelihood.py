@@ -9,9 +9,11 @@ lm-eval-harness is the reference for every convention here (it is not imported):
   each with as much preceding context as fits (`loglikelihood_rolling`,
   `get_rolling_token_windows(context_len=1)` + `make_disjoint_window`).
 
-Engines that implement `TokenGroupScorer` (the transformers engine) get token-exact windows
-and the shared-prefix fast path; any other `InferenceEngine` is scored through its string
-protocol `score_loglikelihoods` (windows of a long text are decoded back to text there).
+Engines that implement `TokenGroupScorer` (the transformers and vLLM engines) get token-exact
+windows and the shared-prefix fast path; any other `InferenceEngine` is scored through its
+string protocol `score_loglikelihoods` (windows of a long text are decoded back to text there).
+`model_max_length` takes the engine's own `max_length` when it states one (both engines do:
+`TokenizedEngine.max_length`; vLLM's is max_model_len - 2, see studio.inference.vllm_engine).
 """
 
 from __future__ import annotations
@@ -53,9 +55,13 @@ def token_scorer(engine: InferenceEngine) -> TokenGroupScorer | None:
 
 
 def model_max_length(engine: InferenceEngine, override: int | None = None) -> int:
-    """Tokens the model reads at once: `override`, else the config's, else the tokenizer's."""
+    """Tokens the model reads at once (lm-eval's max_length): `override`, else the engine's
+    `max_length`, else its model config's, else the tokenizer's, else lm-eval's default."""
     if override is not None:
         return override
+    stated = getattr(engine, "max_length", None)
+    if isinstance(stated, int) and stated > 0:
+        return stated
     config = getattr(getattr(engine, "model", None), "config", None)
     config = getattr(config, "text_config", None) or config
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):

@@ -11,9 +11,11 @@ engine and the vLLM engine score the same way; the metrics are lm-eval-harness's
   lm-eval's rolling windows; `perplexity` = exp(NLL per token), `bits_per_byte` and
   `word_perplexity` as lm-eval's wikitext computes them.
 
-Fast path: when the engine can score token ids directly (`TokenGroupScorer`, the transformers
-engine), each question's context runs once and all its choices are scored from its KV cache,
-instead of once per choice as lm-eval does; tests/test_scoring.py proves the log-probs equal.
+Fast path: when the engine can score token ids directly (`TokenGroupScorer`: the transformers
+engine, whose question context runs once and all its choices are scored from its KV cache,
+instead of once per choice as lm-eval does; the vLLM engine, one request per choice on the same
+token ids), nothing is decoded or re-encoded; tests/test_scoring.py proves the log-probs equal
+the protocol path's, tests/test_vllm_engine.py that both engines agree.
 
     score = score_task(engine, load_task("medmcqa_dev.jsonl"), ScoreSettings(num_fewshot=5))
     score.primary  # ("acc_norm", 0.41, 0.02)

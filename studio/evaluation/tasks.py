@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +56,7 @@ FILE_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 TARGET_DELIMITER = " "  # between query and choice (lm-eval's target_delimiter)
 FEWSHOT_DELIMITER = "\n\n"  # between few-shot examples (lm-eval's fewshot_delimiter)
 
+HUB_PREFIX = "hub:"  # hub:ORG/NAME[:CONFIG][@SPLIT] reads a task from the Hub
 ASSETS_TASKS = Path(__file__).resolve().parents[2] / "assets" / "tasks"
 
 
@@ -140,37 +142,106 @@ def load_task(
     """
     from studio.evaluation import task_formats
 
-    source = Path(path).expanduser().resolve()
-    if not source.is_file():
-        raise TaskError(f"task file {source} does not exist; choose a JSONL, Parquet, CSV or .txt")
     if format != "auto" and format not in TASK_FORMATS:
         raise TaskError(
             f"task format '{format}' is unknown; choose auto or one of {', '.join(TASK_FORMATS)}"
         )
+    if str(path).startswith(HUB_PREFIX):
+        return _load_hub_task(str(path), format=format, name=name, subject=subject)
+    source = Path(path).expanduser().resolve()
+    if not source.is_file():
+        raise TaskError(f"task file {source} does not exist; choose a JSONL, Parquet, CSV or .txt")
     if source.suffix == ".txt":
         if format not in ("auto", "text"):
             raise TaskError(f"{source.name} is plain text; only format 'text' reads it")
         items: tuple[Any, ...] = task_formats.text_items_from_txt(source)
         chosen = "text"
     else:
-        rows = list(_read_rows(source))
-        if subject is not None:
-            rows = _only_subject(rows, subject, source)
-        if not rows:
-            raise TaskError(f"task file {source} has no rows; add at least one item")
-        chosen = task_formats.detect_format(rows[0][1], source) if format == "auto" else format
-        items = task_formats.parse_rows(chosen, rows, source)
+        return _task_from_rows(
+            list(_read_rows(source)), source, str(source), format=format, name=name, subject=subject
+        )
+    return _task(items, chosen, str(source), name or source.stem)
+
+
+def _task_from_rows(
+    rows: list[Row],
+    source: Path,
+    where: str,
+    *,
+    format: str,  # noqa: A002 - as in load_task
+    name: str | None,
+    subject: str | None,
+) -> Task:
+    from studio.evaluation import task_formats
+
+    if subject is not None:
+        rows = _only_subject(rows, subject, source)
+    if not rows:
+        raise TaskError(f"task {where} has no rows; add at least one item")
+    chosen = task_formats.detect_format(rows[0][1], source) if format == "auto" else format
+    items = task_formats.parse_rows(chosen, rows, source)
+    return _task(
+        items, chosen, where, name or (f"{source.stem}/{subject}" if subject else source.stem)
+    )
+
+
+def _task(items: tuple[Any, ...], chosen: str, source: str, label: str) -> Task:
     kind: TaskKind = "perplexity" if chosen in ("text", "prompt_reference") else "multiple_choice"
-    label = name or (f"{source.stem}/{subject}" if subject else source.stem)
     LOG.info("loaded task %s: %d %s items (%s)", label, len(items), kind, chosen)
     return Task(
         name=label,
         kind=kind,
         format=chosen,
-        source=str(source),
+        source=source,
         items=items,
         fewshot_items=items if kind == "multiple_choice" else (),
     )
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
+    """ "hub:ORG/NAME[:CONFIG][@SPLIT]" -> (dataset id, config or None, split; default "test")."""
+    body = spec.removeprefix(HUB_PREFIX).strip()
+    body, _, split = body.partition("@")
+    dataset, _, config = body.partition(":")
+    if not dataset or " " in dataset:
+        raise TaskError(
+            f"'{spec}' is not a Hub task; write hub:ORG/NAME[:CONFIG][@SPLIT], e.g. "
+            "hub:openlifescienceai/medmcqa@validation"
+        )
+    return dataset, config or None, split or "test"
+
+
+def _load_hub_task(
+    spec: str,
+    *,
+    format: str,  # noqa: A002 - as in load_task
+    name: str | None,
+    subject: str | None,
+) -> Task:
+    """A task read from the Hugging Face Hub through `datasets` (only when the network is on)."""
+    dataset, config, split = parse_hub_spec(spec)
+    if os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes"):
+        raise TaskError(
+            f"cannot read {dataset} from the Hub: HF_HUB_OFFLINE is set; download the split as a "
+            "JSONL or Parquet file and choose that file instead"
+        )
+    try:
+        import datasets
+    except ImportError as error:
+        raise TaskError(
+            "reading tasks from the Hub needs the `datasets` package; pip install datasets, or "
+            "choose a local task file"
+        ) from error
+    try:
+        table = datasets.load_dataset(dataset, config, split=split)
+    except Exception as error:  # network, unknown dataset/config/split: all one sentence
+        raise TaskError(
+            f"could not read {dataset}{':' + config if config else ''} split '{split}' from the "
+            f"Hub ({type(error).__name__}: {error}); check the name, or download it as a file"
+        ) from error
+    rows = [(f"row {i + 1}", row) for i, row in enumerate(table)]
+    label = name or dataset.split("/")[-1] + (f"/{config}" if config else "")
+    return _task_from_rows(rows, Path(dataset), spec, format=format, name=label, subject=subject)
 
 
 def demo_task_paths() -> dict[str, Path]:

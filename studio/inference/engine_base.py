@@ -8,9 +8,11 @@ tokens, replies and scores. Also shared: the safetensors-only check before a loa
 "not loaded" error and the name/shape check of a pushed tensor.
 
 A subclass sets `tokenizer` (property) and `_require_model()`, which returns the loaded model
-as these methods read it: `.config` (`max_position_embeddings`, optional: the most tokens one
-forward pass reads) and `.generation_config` (`eos_token_id`, `pad_token_id`). The transformers
-engine returns its `PreTrainedModel`; the vLLM engine a record carrying both.
+as these methods read it: `.config` (`max_position_embeddings`, optional: the most tokens a
+generation request may hold) and `.generation_config` (`eos_token_id`, `pad_token_id`). The
+transformers engine returns its `PreTrainedModel`; the vLLM engine a record carrying both.
+`max_length` is the scoring limit both engines state (studio.evaluation.loglikelihood sizes its
+windows with it); the vLLM engine overrides it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ class TokenizedEngine:
     @property
     def weights_version(self) -> int:
         return self._version
+
+    @property
+    def max_length(self) -> int | None:
+        """Tokens one scoring forward pass reads (lm-eval's max_length): a scored context +
+        continuation may be max_length + 1 tokens, as the last token is only predicted.
+
+        From the model config (`n_positions`, `max_position_embeddings`, `n_ctx`; a multimodal
+        config's `text_config`), as lm-eval reads it; None when the config names none.
+        """
+        config = self._require_model().config
+        config = getattr(config, "text_config", None) or config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     def _require_model(self) -> Any:
         raise NotImplementedError
@@ -151,8 +169,9 @@ class TokenizedEngine:
             prefix = self.tokenizer.bos_token_id
             prefix = self.tokenizer.eos_token_id if prefix is None else prefix
             context_ids = [int(prefix)]
-        limit = getattr(self._require_model().config, "max_position_embeddings", None)
-        if limit is not None and len(continuation_ids) >= limit:
+        limit = self.max_length
+        # The context holds at least the prefix token, so a continuation of `limit` tokens fits.
+        if limit is not None and len(continuation_ids) > limit:
             raise GenerationError(
                 f"the continuation is {len(continuation_ids)} tokens but model '{self.spec.name}' "
                 f"reads at most {limit}; score shorter text"

@@ -14,7 +14,9 @@ How each protocol call maps onto vLLM:
   cancel and an abandoned stream abort the request at the next step;
 - score_loglikelihood(s): `prompt_logprobs=0` over context + continuation (the token split is
   `TokenizedEngine._encode_pair`, lm-eval's convention, shared with the transformers engine),
-  summed over the continuation; `rank == 1` says the token was the argmax;
+  summed over the continuation; `rank == 1` says the token was the argmax. vLLM takes a prompt
+  of at most max_model_len - 1 tokens (it keeps a position for the one token it generates), so
+  `max_length` is max_model_len - 2 and a longer pair loses context from the left, as in lm-eval;
 - score_token_groups: the same on token ids the caller already split and fitted (the scoring
   fast path and exact perplexity windows, studio.evaluation.loglikelihood), one request per
   continuation, nothing decoded or re-encoded;
@@ -121,8 +123,7 @@ class VLLMEngine(TokenizedEngine):
     Encoding, limits and checks come from `TokenizedEngine`, shared with the transformers
     engine, so both engines' scores line up token for token. Its methods read
     `self._require_model()`, here the _Loaded record (.config holds max_position_embeddings =
-    max_model_len - 1: vLLM reads the whole scored sequence, the transformers engine all of it
-    but the last token).
+    max_model_len - 1, the bound of a generation request); `max_length` says what scoring fits.
     """
 
     engine_name = "vllm"
@@ -153,6 +154,13 @@ class VLLMEngine(TokenizedEngine):
     @property
     def tokenizer(self) -> Any:
         return self._require_model().tokenizer
+
+    @property
+    def max_length(self) -> int:
+        """lm-eval's max_length here: max_model_len - 2. A scored pair is max_length + 1 tokens
+        (the last is only predicted) and vLLM takes a prompt of at most max_model_len - 1 (it
+        keeps one position for the token it generates)."""
+        return self._require_model().max_model_len - 2
 
     def estimate_memory_bytes(self) -> int:
         return weights_bytes(self.spec) + self.kv_cache_bytes()
@@ -359,7 +367,10 @@ class VLLMEngine(TokenizedEngine):
         self, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8
     ) -> list[LogLikelihood]:
         """log P(continuation | context) for each pair; vLLM's scheduler does the batching
-        (`batch_size` is for the transformers engine's padded batches and is not used here)."""
+        (`batch_size` is for the transformers engine's padded batches and is not used here).
+
+        A pair longer than max_model_len - 1 tokens keeps the end of its context
+        (`_encode_pair` with `max_length`), so it scores instead of failing in vLLM."""
         loaded = self._require_model()
         encoded = [self._encode_pair(context, continuation) for context, continuation in pairs]
         return self._score_pairs(loaded, encoded)
@@ -380,7 +391,7 @@ class VLLMEngine(TokenizedEngine):
         `score_loglikelihoods` on the same tokens.
         """
         loaded = self._require_model()
-        limit = loaded.max_model_len - 1
+        limit = self.max_length + 1
         pairs: list[tuple[list[int], list[int]]] = []
         for g, (context, continuations) in enumerate(groups):
             if not context:
@@ -397,7 +408,7 @@ class VLLMEngine(TokenizedEngine):
                     raise GenerationError(
                         f"token group {g} is {len(context) + len(continuation)} tokens but model "
                         f"'{self.spec.name}' scores at most {limit} with vLLM; cut the context "
-                        f"to fit (max_length {limit - 1})"
+                        f"to fit (max_length {self.max_length})"
                     )
                 pairs.append((list(context), list(continuation)))
         flat = iter(self._score_pairs(loaded, pairs))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from studio.errors import StudioError, first_problem
 
 LOG = logging.getLogger(__name__)
+_TRAIN_CHECKPOINT_NAME = re.compile(r"[^/\\.~$][^/\\]*/step-\d{8}")
 
 Dtype: TypeAlias = Literal["float32", "bfloat16", "float16"]
 SchedulePreset: TypeAlias = Literal["rewarm_cosine", "wsd", "constant"]
@@ -167,8 +169,12 @@ class TrainRunConfig(_Frozen):
         ge=1,
         description="newest checkpoints that keep their optimizer state (older: weights only)",
     )
-    register_checkpoints: bool = Field(
-        default=True, description="add each checkpoint to the studio catalog"
+    register_checkpoints: bool | None = Field(
+        default=None,
+        description=(
+            "add each checkpoint to the catalog as a local model; empty: only when output_dir "
+            "is outside STUDIO_HOME/runs (the catalog lists runs there itself, as 'train')"
+        ),
     )
 
     def global_tokens_per_step(self, num_processes: int = 1) -> int:
@@ -270,6 +276,22 @@ def resolve_paths(config: CPTConfig | SFTConfig) -> CPTConfig | SFTConfig:
     return parse_train_config(values)
 
 
+def registers_checkpoints(config: TrainRunConfig, runs_dir: Path) -> bool:
+    """Whether a run adds its checkpoints to the catalog by path (`register_checkpoints`).
+
+    Unset: only a run outside `runs_dir`; the catalog lists `runs_dir/<run>/step-*` itself
+    (source "train"), so registering those too would list them twice.
+    """
+    if config.register_checkpoints is not None:
+        return config.register_checkpoints
+    return Path(config.output_dir).resolve().parent != runs_dir.resolve()
+
+
 def _looks_like_path(ref: str) -> bool:
     expanded = os.path.expandvars(os.path.expanduser(ref))
-    return os.sep in expanded or expanded.startswith(".") or Path(expanded).exists()
+    if Path(expanded).exists():
+        return True
+    # "<run>/step-NNNNNNNN" is the catalog's name for a checkpoint under STUDIO_HOME/runs.
+    if _TRAIN_CHECKPOINT_NAME.fullmatch(ref):
+        return False
+    return os.sep in expanded or expanded.startswith(".")

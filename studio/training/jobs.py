@@ -134,8 +134,8 @@ class TrainStatus(BaseModel, frozen=True):
 
 
 def runs_dir(settings: StudioSettings | None = None) -> Path:
-    """Default parent of run folders: STUDIO_HOME/runs."""
-    return (settings or load_settings()).home / "runs"
+    """Default parent of run folders: STUDIO_HOME/runs (StudioSettings.runs_dir)."""
+    return (settings or load_settings()).runs_dir
 
 
 def default_run_dir(name: str, settings: StudioSettings | None = None) -> Path:

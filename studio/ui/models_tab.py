@@ -112,11 +112,7 @@ def _model_ref(settings: StudioSettings, ref: str) -> str:
     """Dropdowns hold folders; API callers may also pass a catalog name."""
     if not ref:
         raise gr.Error("Choose a model first.")
-    return (
-        ref
-        if "/" in ref or ref.startswith((".", "~"))
-        else catalog.find_model(ref, settings=settings).path
-    )
+    return catalog.model_folder(ref, settings=settings)
 
 
 def build_models_tab(settings: StudioSettings) -> None:
