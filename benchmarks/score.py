@@ -84,13 +84,14 @@ VIGNETTE = (
 
 def write_task(folder: Path, items: int, seed: int = 0, *, style: str = "short") -> Path:
     """A studio-format MC JSONL of `items` questions (facts and small sums, shuffled options);
-    style "vignette" puts a shared case passage before every question."""
+    style "vignette" puts a shared case passage before every question; "cloze" also keeps only
+    the fact questions, whose options are several tokens long (as in ARC and HellaSwag)."""
     rng = random.Random(seed)
-    prefix = VIGNETTE if style == "vignette" else ""
+    prefix = VIGNETTE if style in ("vignette", "cloze") else ""
     rows = []
     for i in range(items):
-        if i % 2 == 0:
-            question, right, wrong = FACTS[(i // 2) % len(FACTS)]
+        if i % 2 == 0 or style == "cloze":
+            question, right, wrong = FACTS[(i // (1 if style == "cloze" else 2)) % len(FACTS)]
             question = f"{question} (item {i})"
             options = [right, *wrong]
         else:
@@ -179,9 +180,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median)")
     parser.add_argument(
         "--style",
-        choices=["short", "vignette"],
+        choices=["short", "vignette", "cloze"],
         default="short",
-        help="short questions, or a ~100-token case passage before each (MedQA/PubMedQA-like)",
+        help="short questions; a ~100-token case passage before each (MedQA/PubMedQA-like); "
+        "cloze: the passage and multi-token options only (ARC/HellaSwag-like)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

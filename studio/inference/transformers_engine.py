@@ -313,8 +313,9 @@ class TransformersEngine(TokenizedEngine):
 
         `groups` holds (context ids, [continuation ids, ...]); token ids must already fit the
         model (the caller truncates). Up to `batch_size` contexts run in one left-padded pass
-        that keeps their KV cache; the cache is repeated once per continuation and every
-        continuation runs in a second pass. The values equal `score_loglikelihoods` on the same
+        that keeps their KV cache; then each context's continuations, packed into one row behind
+        a block attention mask (each sees the context and its own earlier tokens), run in a
+        second pass over that cache, uncopied. The values equal `score_loglikelihoods` on the same
         tokens (to float rounding) while each multiple-choice question's context is computed
         once, not once per option: the scoring fast path.
         """
@@ -345,41 +346,60 @@ class TransformersEngine(TokenizedEngine):
                     **({"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}),
                 )
                 head = torch.log_softmax(first.logits[:, -1].float(), dim=-1)  # (G, V)
-                # 2) every continuation of 2+ tokens reads its group's cache (rows: (g, k))
+                # 2) every continuation of 2+ tokens reads its group's cache. All of a group's
+                # continuations are packed into ONE row after its context, each seeing the
+                # context and its own earlier tokens only (a block mask): the cache is used as
+                # it is, never copied per continuation.
                 rows = [(g, k) for g, (_, conts) in enumerate(batch) for k, c in enumerate(conts)]
-                long_rows = [(g, k) for g, k in rows if len(batch[g][1][k]) > 1]
+                segments: dict[tuple[int, int], tuple[int, int]] = {}  # (g, k) -> (offset, n)
+                used = [0] * len(batch)
+                for g, k in rows:
+                    n = len(batch[g][1][k]) - 1
+                    if n > 0:
+                        segments[(g, k)] = (used[g], n)
+                        used[g] += n
                 tail: torch.Tensor | None = None
-                if long_rows:
-                    span = max(len(batch[g][1][k]) - 1 for g, k in long_rows)
-                    ids2 = torch.full((len(long_rows), span), pad, dtype=torch.long)  # (R, To)
-                    mask2 = torch.zeros_like(ids2)
-                    for r, (g, k) in enumerate(long_rows):
+                if segments:
+                    span = max(used)
+                    ids2 = torch.full((len(batch), span), pad, dtype=torch.long)  # (G, To)
+                    positions2 = torch.zeros_like(ids2)
+                    dtype = next(model.parameters()).dtype
+                    blocked = torch.finfo(dtype).min
+                    # (G, 1, To, Tc + To): 0 where attention is allowed, `blocked` elsewhere
+                    mask4 = torch.full((len(batch), 1, span, width + span), blocked, dtype=dtype)
+                    mask4[:, 0, :, :width] = torch.where(
+                        mask[:, None, :].bool(), torch.tensor(0.0, dtype=dtype), blocked
+                    )
+                    lengths = mask.sum(-1)  # (G,) real context tokens per row
+                    for (g, k), (offset, n) in segments.items():
                         cont = list(batch[g][1][k])[:-1]
-                        ids2[r, : len(cont)] = torch.tensor(cont)
-                        mask2[r, : len(cont)] = 1
-                    owner = torch.tensor([g for g, _ in long_rows])
+                        ids2[g, offset : offset + n] = torch.tensor(cont)
+                        positions2[g, offset : offset + n] = lengths[g] + torch.arange(n)
+                        own = torch.ones(n, n, dtype=torch.bool).tril()
+                        block = mask4[
+                            g, 0, offset : offset + n, width + offset : width + offset + n
+                        ]
+                        block.masked_fill_(own, 0.0)
                     cache = getattr(first, "cache", None) or first.past_key_values
-                    cache.batch_select_indices(owner.to(device))
                     # transformers >= 5.2x names the argument `cache` (past_key_values is going)
                     name = "cache" if _accepts(model, "cache") else "past_key_values"
-                    lengths = mask.sum(-1)[owner]  # (R,) real context tokens per row
-                    positions2 = lengths[:, None] + torch.arange(span)[None, :]
                     second = model(
                         input_ids=ids2.to(device),
-                        attention_mask=torch.cat([mask[owner], mask2], dim=1).to(device),
+                        attention_mask=mask4.to(device),
                         position_ids=positions2.to(device),
                         use_cache=True,
                         **{name: cache},
                     )
-                    tail = torch.log_softmax(second.logits.float(), dim=-1)  # (R, To, V)
-                where = {row: r for r, row in enumerate(long_rows)}
+                    tail = second.logits  # (G, To, V), log-softmaxed per segment below
                 for g, k in rows:
                     ctx, conts = batch[g]
                     cont = list(conts[k])
                     target = torch.tensor(cont, device=head.device)
                     dist = head[g : g + 1]  # (1, V): predicts the first continuation token
-                    if (g, k) in where and tail is not None:
-                        dist = torch.cat([dist, tail[where[(g, k)], : len(cont) - 1]], dim=0)
+                    if (g, k) in segments and tail is not None:
+                        offset, n = segments[(g, k)]
+                        rest = torch.log_softmax(tail[g, offset : offset + n].float(), dim=-1)
+                        dist = torch.cat([dist, rest], dim=0)  # (K, V)
                     token_logprobs = dist.gather(1, target[:, None]).squeeze(1)  # (K,)
                     greedy = bool((dist.argmax(dim=-1) == target).all())
                     results[order[start + g]].append(
