@@ -43,7 +43,7 @@ from pipelines.data import (
 )
 from pipelines.schedules import build_scheduler
 from studio.errors import StudioError
-from studio.jobs.events import EventWriter
+from studio.jobs.events import EventWriter, report_failure
 from studio.training.checkpoints import (
     RUN_CONFIG_FILE,
     RUN_LOG_FILE,
@@ -515,16 +515,8 @@ def main(
         end = recipe.run()
         LOG.info("%s run %s at step %d", recipe.kind, end.reason, end.step)
         return 0
-    except StudioError as error:
-        LOG.error("training failed: %s", error)
-        if events is not None:
-            events.error(str(error))
-        return 1
-    except Exception as error:  # still a sentence for the Jobs tab, not only a traceback
-        LOG.exception("training failed")
-        if events is not None:
-            events.error(f"training failed: {type(error).__name__}: {error}")
-        return 1
+    except Exception as error:  # any failure ends as a sentence in the Jobs tab
+        return report_failure(events, "training", error)
     finally:
         if recipe is not None:
             recipe.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pipelines.tiny_models import build_tiny_family  # noqa: E402
+from studio.settings import StudioSettings  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +31,19 @@ def studio_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("STUDIO_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return home
+
+
+@contextlib.contextmanager
+def launched_tab(build: Callable[[StudioSettings], None], home: Path) -> Iterator[str]:
+    """One tab of the studio on `home`, launched in its own gr.Blocks; yields its URL."""
+    import gradio as gr
+
+    settings = StudioSettings(home=home)
+    settings.ensure_dirs()
+    with gr.Blocks() as demo:
+        build(settings)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()

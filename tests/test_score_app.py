@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -21,8 +20,8 @@ from gradio_client.exceptions import AppError
 from studio.evaluation.scoring import ScoreSettings
 from studio.evaluation.sweeps import ScoreRequest, ScoreTarget, run_scores
 from studio.recipes import MergeRecipe, RecipeModel, recipe_to_yaml
-from studio.settings import StudioSettings
 from studio.ui.score_tab import build_score_tab
+from tests.conftest import launched_tab
 
 pytestmark = pytest.mark.app
 
@@ -34,15 +33,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(home: Path) -> Iterator[str]:
-    settings = StudioSettings(home=home)
-    settings.ensure_dirs()
-    with gr.Blocks() as demo:
-        build_score_tab(settings)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with launched_tab(build_score_tab, home) as url:
+        yield url
 
 
 @pytest.fixture

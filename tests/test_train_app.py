@@ -13,14 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import pytest
 import yaml
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from studio.settings import StudioSettings
 from studio.ui.train_tab import build_train_tab
+from tests.conftest import launched_tab
 
 pytestmark = pytest.mark.app
 
@@ -32,15 +31,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(home: Path) -> Iterator[str]:
-    settings = StudioSettings(home=home)
-    settings.ensure_dirs()
-    with gr.Blocks() as demo:
-        build_train_tab(settings)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with launched_tab(build_train_tab, home) as url:
+        yield url
 
 
 def wait_done(client: Client, job_id: str, timeout: float = 240) -> dict[str, Any]:

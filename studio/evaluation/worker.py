@@ -18,8 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from studio.errors import StudioError
-from studio.jobs.events import EventWriter
+from studio.jobs.events import EventWriter, report_failure
 
 LOG = logging.getLogger(__name__)
 
@@ -51,14 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             partial = out.with_name(out.name + ".partial")
             partial.write_text(json.dumps(report.to_json()), encoding="utf-8")
             os.replace(partial, out)
-        except StudioError as error:
-            LOG.error("scoring failed: %s", error)
-            events.error(str(error))
-            return 1
-        except Exception as error:  # anything else still ends as a sentence, not a traceback
-            LOG.exception("scoring failed")
-            events.error(f"scoring failed: {type(error).__name__}: {error}")
-            return 1
+        except Exception as error:  # any failure ends as a sentence in the Jobs tab
+            return report_failure(events, "scoring", error)
         cached = sum(r.cached for r in report.rows)
         events.result(
             output_path=str(out),

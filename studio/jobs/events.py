@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, TextIO
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from studio.errors import StudioError
+
 LOG = logging.getLogger(__name__)
 
 
@@ -89,6 +91,20 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def report_failure(events: EventWriter | None, what: str, error: BaseException) -> int:
+    """A worker's last word on a failure: log it, write one error event with a sentence for the
+    user (a StudioError's own message; anything else named by its type), return exit status 1."""
+    if isinstance(error, StudioError):
+        LOG.error("%s failed: %s", what, error)
+        message = str(error)
+    else:  # a bug, not the user's fault: the traceback goes to the job's log
+        LOG.exception("%s failed", what)
+        message = f"{what} failed: {type(error).__name__}: {error}"
+    if events is not None:
+        events.error(message)
+    return 1
 
 
 def read_events(path: str | Path, offset: int = 0) -> tuple[list[Event], int]:

@@ -17,8 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from studio.errors import StudioError
-from studio.jobs.events import EventWriter
+from studio.jobs.events import EventWriter, report_failure
 
 LOG = logging.getLogger(__name__)
 
@@ -54,14 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 random_seed=args.random_seed,
                 device=args.device,
             )
-        except StudioError as error:
-            LOG.error("merge failed: %s", error)
-            events.error(str(error))
-            return 1
-        except Exception as error:  # anything else still ends as a sentence, not a traceback
-            LOG.exception("merge failed")
-            events.error(f"the merge failed: {type(error).__name__}: {error}")
-            return 1
+        except Exception as error:  # any failure ends as a sentence in the Jobs tab
+            return report_failure(events, "the merge", error)
         files = sorted(p.name for p in out.iterdir())
         events.result(
             output_path=str(out),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from studio.evaluation import jobs as scoring_jobs
 from studio.evaluation.checkpoint_sweep import CheckpointSweepRequest
 from studio.evaluation.scoring import ScoreSettings
 from studio.evaluation.sweeps import (
+    ScoreOptions,
     ScoreReport,
     ScoreRequest,
     ScoreTarget,
@@ -30,6 +32,7 @@ from studio.evaluation.sweeps import (
 from studio.evaluation.tasks import demo_task_paths
 from studio.forms import MergeChoice, build_recipe
 from studio.jobs import get_runner
+from studio.jobs.store import JobRecord
 from studio.plots import scores_chart, sweep_chart
 from studio.recipes.yaml_io import recipe_to_yaml
 from studio.settings import StudioSettings
@@ -72,6 +75,31 @@ def _owner(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
+def _options(
+    tasks: list[str] | None,
+    extra_tasks: str | None,
+    quick: bool,
+    limit: float | None,
+    fewshot: float | None,
+) -> dict[str, Any]:
+    """The task and scoring fields every score / sweep request shares."""
+    return {"tasks": _tasks(tasks, extra_tasks), "settings": _settings(quick, limit, fewshot)}
+
+
+def _start_job(
+    studio: StudioSettings,
+    start: Callable[..., JobRecord],
+    model: type[ScoreOptions],
+    request: gr.Request | None,
+    /,
+    **fields: Any,
+) -> dict[str, Any]:
+    """Validate the request (one sentence if bad), start its job, return the job's status.
+    Positional-only: `fields` carries the request's own `settings` (the scoring settings)."""
+    record = start(validated(model, SweepError, **fields), settings=studio, owner=_owner(request))
+    return status_dict(get_runner(studio).status(record.id))
+
+
 @user_errors
 def on_score_start(
     settings: StudioSettings,
@@ -93,15 +121,14 @@ def on_score_start(
     ]
     if recipe_yaml and recipe_yaml.strip():
         targets.append(ScoreTarget(label="merged", recipe=recipe_yaml))
-    score_request = validated(
+    return _start_job(
+        settings,
+        scoring_jobs.start_score_job,
         ScoreRequest,
-        SweepError,
+        request,
         targets=tuple(targets),
-        tasks=_tasks(tasks, extra_tasks),
-        settings=_settings(quick, limit, fewshot),
+        **_options(tasks, extra_tasks, quick, limit, fewshot),
     )
-    record = scoring_jobs.start_score_job(score_request, settings=settings, owner=_owner(request))
-    return status_dict(get_runner(settings).status(record.id))
 
 
 @user_errors
@@ -125,17 +152,16 @@ def on_sweep_start(
         raise SweepError(f"points must be between 2 and {MAX_POINTS}; got {count}")
     step = (float(stop) - float(start)) / (count - 1)
     values = tuple(round(float(start) + i * step, 6) for i in range(count))
-    sweep_request = validated(
+    return _start_job(
+        settings,
+        scoring_jobs.start_sweep_job,
         SweepRequest,
-        SweepError,
+        request,
         recipe=recipe_yaml or "",
         parameter=parameter,
         values=values,
-        tasks=_tasks(tasks, extra_tasks),
-        settings=_settings(quick, limit, fewshot),
+        **_options(tasks, extra_tasks, quick, limit, fewshot),
     )
-    record = scoring_jobs.start_sweep_job(sweep_request, settings=settings, owner=_owner(request))
-    return status_dict(get_runner(settings).status(record.id))
 
 
 @user_errors
@@ -152,18 +178,15 @@ def on_checkpoint_sweep_start(
 ) -> dict[str, Any]:
     """Score a CPT run's checkpoints by step, alone and merged by the recipe with its first
     model replaced by each checkpoint (API: /checkpoint_sweep)."""
-    sweep_request = validated(
+    return _start_job(
+        settings,
+        scoring_jobs.start_checkpoint_sweep_job,
         CheckpointSweepRequest,
-        SweepError,
+        request,
         run_dir=run_dir.strip() if run_dir and run_dir.strip() else None,
         recipe=recipe_yaml if recipe_yaml and recipe_yaml.strip() else None,
-        tasks=_tasks(tasks, extra_tasks),
-        settings=_settings(quick, limit, fewshot),
+        **_options(tasks, extra_tasks, quick, limit, fewshot),
     )
-    record = scoring_jobs.start_checkpoint_sweep_job(
-        sweep_request, settings=settings, owner=_owner(request)
-    )
-    return status_dict(get_runner(settings).status(record.id))
 
 
 @user_errors
