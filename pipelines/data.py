@@ -205,11 +205,6 @@ class MixtureStream:
     def position(self) -> dict[str, int]:
         return dict(self.taken)
 
-    def realised_shares(self) -> dict[str, float]:
-        """Share of the items taken so far per source (= token share for equal-size blocks)."""
-        total = sum(self.taken.values())
-        return {name: (n / total if total else 0.0) for name, n in self.taken.items()}
-
     def take(self, count: int) -> list[tuple[str, int]]:
         """The next `count` items as (source, index)."""
         return [self._next() for _ in range(count)]

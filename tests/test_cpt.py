@@ -274,7 +274,8 @@ def test_training_checkpoint_merges_and_chats(
 def test_checkpoints_are_registered_in_the_catalog(
     tiny_family: dict[str, Path], corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    """With register_checkpoints (the default) each step folder appears in the catalog."""
+    """With register_checkpoints on, each step folder appears in the catalog (the unset default
+    is checked in tests/test_training_jobs.py)."""
     out = tmp_path / "registered"
     config = cpt_config(
         tiny_family["base"], corpus, out, max_steps=2, save_every=1, register_checkpoints=True
