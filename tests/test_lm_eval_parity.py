@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 import torch
 
-lm_eval = pytest.importorskip("lm_eval")
-
-from lm_eval import simple_evaluate  # noqa: E402
-from lm_eval.models.huggingface import HFLM  # noqa: E402
-from lm_eval.tasks import TaskManager  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+# lm-eval is a dev requirement (requirements-dev.txt): a missing install must fail, not skip.
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from studio.evaluation.scoring import ScoreSettings, score_task  # noqa: E402
 from studio.evaluation.tasks import load_task  # noqa: E402
@@ -159,6 +158,9 @@ def test_multiple_choice_matches_lm_eval_item_by_item(
     assert ours.metrics["acc"] == pytest.approx(aggregate["acc,none"], abs=1e-12)
     assert ours.metrics["acc_norm"] == pytest.approx(aggregate["acc_norm,none"], abs=1e-12)
     assert ours.metrics["acc_stderr"] == pytest.approx(aggregate["acc_stderr,none"], abs=1e-12)
+    assert ours.metrics["acc_norm_stderr"] == pytest.approx(
+        aggregate["acc_norm_stderr,none"], abs=1e-12
+    )
     # Not a degenerate task: the choices' log-likelihoods really differ per item.
     assert all(len(set(item.logprobs)) == len(item.logprobs) for item in ours.items)
 
