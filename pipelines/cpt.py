@@ -41,6 +41,7 @@ from pipelines.data import (
     read_documents,
     tokenize_documents,
 )
+from pipelines.lora import save_lora_checkpoint, trainable_parameters, with_lora
 from pipelines.schedules import build_scheduler
 from studio.errors import StudioError
 from studio.jobs.events import EventWriter, report_failure
@@ -158,6 +159,10 @@ class CPTRecipe:
         )
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=_DTYPES[config.dtype])
         model.config.use_cache = False  # training: the KV cache only costs memory
+        if config.lora is not None:
+            sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+            model = with_lora(model, config.lora, distributed=sharded)
+            LOG.info("LoRA: %d trainable parameters", trainable_parameters(model))
         # 3) optimizer and schedule, fresh unless resuming ("start from checkpoint" re-warms)
         optimizer = torch.optim.AdamW(
             _param_groups(model, config.optim.weight_decay),
@@ -372,11 +377,15 @@ class CPTRecipe:
         acc.wait_for_everyone()
         # 1) weights as a Hugging Face folder (gathered from all ranks under FSDP/ZeRO-3)
         state_dict = None
-        if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            state_dict = acc.get_state_dict(self.model)
-        acc.unwrap_model(self.model).save_pretrained(
-            temp, is_main_process=acc.is_main_process, state_dict=state_dict
-        )
+        if self.config.lora is not None:
+            if acc.is_main_process:
+                save_lora_checkpoint(acc.unwrap_model(self.model), temp)
+        else:
+            if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+                state_dict = acc.get_state_dict(self.model)
+            acc.unwrap_model(self.model).save_pretrained(
+                temp, is_main_process=acc.is_main_process, state_dict=state_dict
+            )
         # 2) optimizer, scheduler and RNG of every rank, the data position
         acc.save_state(str(temp / TRAINER_STATE_DIR))
         if acc.is_main_process:

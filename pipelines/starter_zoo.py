@@ -1,11 +1,11 @@
-"""The starter zoo: a tiny base, a domain CPT fine-tune and a chat fine-tune, built on first start.
+"""The starter zoo: the base, domain CPT and chat models the app opens on.
 
-The app opens on these so a fresh machine has something to merge before any real model is
-added (the demo-zoo issue replaces them with models trained by the project's own pipelines).
-They are written to `STUDIO_HOME/models/starter-{base,cpt,chat}`; building takes ~10 s on
-2 CPU cores and happens once.
+They are the demo zoo shipped under assets/zoo (trained by the project's own CPT and SFT
+pipelines on the demo domain: `python -m pipelines.demo_zoo`), copied into
+`STUDIO_HOME/models/starter-{base,cpt,chat}` on first start (~1 s). A checkout without the
+shipped zoo falls back to building the quick tiny family (~10 s on 2 CPU cores).
 
-    python -m pipelines.starter_zoo          # build (or find) the zoo and print its folders
+    python -m pipelines.starter_zoo          # copy (or find) the zoo and print its folders
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ LOG = logging.getLogger(__name__)
 
 ROLES = ("base", "cpt", "chat")
 PREFIX = "starter-"
+ZOO_DIR = Path(__file__).resolve().parents[1] / "assets" / "zoo"  # pipelines.demo_zoo writes it
 
 
 def starter_paths(settings: StudioSettings) -> dict[str, Path]:
@@ -44,21 +45,35 @@ def ensure_starter_zoo(settings: StudioSettings | None = None) -> dict[str, Path
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all((p / "config.json").is_file() for p in paths.values()):
             return paths
-        LOG.info("Building the starter zoo under %s", settings.models_dir)
-        # 1) build all three in a private folder; 2) move each into place.
+        LOG.info("Setting up the starter zoo under %s", settings.models_dir)
+        # 1) copy or build all three in a private folder; 2) move each into place.
         work = settings.models_dir / f"{PREFIX}zoo.partial"
         shutil.rmtree(work, ignore_errors=True)
-        built = build_tiny_family(work / "family", steps=20)
-        # The toy family shares one tokenizer; giving base and CPT the chat model's template
-        # lets the Chat tab's three columns answer on first start with no template to pick
-        # (a real CPT checkpoint usually has none: the Chat tab then asks for one by name).
-        for role in ("base", "cpt"):
-            (built[role] / "chat_template.jinja").write_text(CHATML_TEMPLATE, encoding="utf-8")
+        built = _copy_shipped(work) if shipped_zoo() else _build_tiny(work)
         for role, target in paths.items():
             shutil.rmtree(target, ignore_errors=True)
             built[role].rename(target)
         shutil.rmtree(work, ignore_errors=True)
     return paths
+
+
+def shipped_zoo() -> bool:
+    return all((ZOO_DIR / role / "config.json").is_file() for role in ROLES)
+
+
+def _copy_shipped(work: Path) -> dict[str, Path]:
+    return {role: Path(shutil.copytree(ZOO_DIR / role, work / role)) for role in ROLES}
+
+
+def _build_tiny(work: Path) -> dict[str, Path]:
+    built = build_tiny_family(work / "family", steps=20)
+    # The toy family shares one tokenizer; giving base and CPT the chat model's template
+    # lets the Chat tab's three columns answer on first start with no template to pick
+    # (a real CPT checkpoint usually has none: the Chat tab then asks for one by name).
+    # (The shipped demo zoo carries the template on all three already.)
+    for role in ("base", "cpt"):
+        (built[role] / "chat_template.jinja").write_text(CHATML_TEMPLATE, encoding="utf-8")
+    return built
 
 
 def main() -> int:

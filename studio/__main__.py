@@ -12,7 +12,8 @@
     python -m studio preview RECIPE.yml [--prompt TEXT]   # live in-memory merge + quick probe
     python -m studio diagnose RECIPE.yml [--density 0.5]  # task-vector diagnostics per layer
     python -m studio score MODEL [MODEL ...] [--recipe R.yml] [--task FILE ...] [--limit N]
-                     [--fewshot K] [--csv OUT.csv]      # accuracy / perplexity side by side
+                     [--fewshot K] [--max-new-tokens T] [--chat-template chatml]
+                     [--csv OUT.csv]      # accuracy / perplexity / chat QA side by side
     python -m studio sweep RECIPE.yml --parameter weight --values 0,0.25,0.5,0.75,1
                      [--task FILE ...] [--limit N] [--csv OUT.csv]   # score vs merge parameter
     python -m studio sweep-checkpoints RUN_DIR [--recipe R.yml] [--task FILE ...]
@@ -45,7 +46,7 @@ from studio.evaluation.sweeps import (
     SweepError,
     SweepRequest,
 )
-from studio.evaluation.tasks import demo_task_paths
+from studio.evaluation.tasks import preselected_demo_tasks
 from studio.inference import (
     ChatMessage,
     GenerationResult,
@@ -333,14 +334,21 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def _task_files(args: argparse.Namespace) -> tuple[str, ...]:
-    """The --task files (absolute), or every demo task when none is given."""
+    """The --task files (absolute), or the demo domain's evaluation sets when none is given."""
     if args.task:
         return tuple(str(Path(t).expanduser().resolve()) for t in args.task)
-    return tuple(str(p) for p in demo_task_paths().values())
+    return tuple(str(p) for p in preselected_demo_tasks())
 
 
 def _score_settings(args: argparse.Namespace) -> ScoreSettings:
-    return validated(ScoreSettings, SweepError, num_fewshot=args.fewshot, limit=args.limit)
+    return validated(
+        ScoreSettings,
+        SweepError,
+        num_fewshot=args.fewshot,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        chat_template=args.chat_template,
+    )
 
 
 def format_report(report: ScoreReport) -> str:
@@ -363,6 +371,9 @@ def _run_scoring(args: argparse.Namespace, record_id: str) -> int:
         return 1
     if args.csv:
         Path(args.csv).write_text(report.to_csv(), encoding="utf-8")
+        if report.answers:  # chat-QA replies beside it: OUT_replies.csv
+            replies = Path(args.csv).with_name(Path(args.csv).stem + "_replies.csv")
+            replies.write_text(report.answers_csv(), encoding="utf-8")
     _emit(args, report.to_json(), format_report(report))
     return 0
 
@@ -425,7 +436,18 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", help="task file (repeat); default: the demo tasks")
     p.add_argument("--limit", type=int, help="quick mode: score only the first N items")
     p.add_argument("--fewshot", type=int, default=0, help="few-shot examples per question")
-    p.add_argument("--csv", help="also write the scores to this CSV file")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=ScoreSettings().max_new_tokens,
+        help="chat QA: longest reply, in tokens",
+    )
+    p.add_argument(
+        "--chat-template", help="chat QA: template name (chatml, llama2, ...); default: own"
+    )
+    p.add_argument(
+        "--csv", help="also write the scores to this CSV file (chat-QA replies: OUT_replies.csv)"
+    )
     p.add_argument("--detach", action="store_true", help="start the job and return")
 
 

@@ -49,3 +49,7 @@ def validated(model: type[M], error: type[StudioError], /, **values: Any) -> M:
         return model(**values)
     except ValidationError as problem:
         raise error(first_problem(problem)) from problem
+
+
+class PathNotAllowedError(StudioError):
+    """A path lies outside the folders the studio may read or write (studio.confine)."""

@@ -18,6 +18,21 @@ from pipelines.tiny_models import build_tiny_family  # noqa: E402
 from studio.settings import StudioSettings  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_roots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Everything the tests make lives under pytest's base temp folder: make it a data root, so
+    the studio's path confinement (studio.confine) accepts test models, data and outputs.
+    Confinement tests narrow it again with monkeypatch.setenv("STUDIO_DATA_ROOTS", ...)."""
+    base = tmp_path_factory.getbasetemp()
+    before = os.environ.get("STUDIO_DATA_ROOTS")
+    os.environ["STUDIO_DATA_ROOTS"] = str(base)
+    yield base
+    if before is None:
+        os.environ.pop("STUDIO_DATA_ROOTS", None)
+    else:
+        os.environ["STUDIO_DATA_ROOTS"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """base, cpt and chat tiny Llamas (one tokenizer; cpt/chat fine-tuned from base)."""

@@ -326,3 +326,46 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         load_train_config(bad)
     with pytest.raises(TrainConfigError, match="kind must be"):
         load_train_config("model: m\n")
+
+
+def test_lora_run_trains_only_the_adapter_and_checkpoints_the_merged_model(
+    tiny_family: dict[str, Path], corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    """A `lora:` run: the checkpoint is base + B @ A * (alpha / r) on the targeted layers only,
+    every other tensor equals the base, and `adapter/` alone reproduces the checkpoint."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    lora = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "down_proj"]}
+    recipe = CPTRecipe(cpt_config(tiny_family["base"], corpus, tmp_path / "run", lora=lora))
+    try:
+        assert recipe.run().reason == "completed"
+    finally:
+        recipe.close()
+    last = Path(list_checkpoints(tmp_path / "run")[-1].path)
+    merged, base = (
+        load_file(last / "model.safetensors"),
+        load_file(tiny_family["base"] / "model.safetensors"),
+    )
+    changed = {k for k in base if not torch.equal(merged[k], base[k])}
+    assert changed and all(("q_proj" in k or "down_proj" in k) for k in changed)
+    adapter = load_file(last / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in k for k in adapter)
+    rebuilt = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_family["base"]), last / "adapter"
+    ).merge_and_unload()
+    for name, tensor in rebuilt.state_dict().items():
+        if name in merged:
+            torch.testing.assert_close(tensor, merged[name], rtol=0, atol=1e-6)
+
+
+def test_lora_refuses_layers_the_model_does_not_have(
+    tiny_family: dict[str, Path], corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    lora = {"target_modules": ["c_attn"]}
+    recipe = CPTRecipe(cpt_config(tiny_family["base"], corpus, tmp_path / "run", lora=lora))
+    try:
+        with pytest.raises(TrainConfigError, match="c_attn.*not layers of this model"):
+            recipe.setup()
+    finally:
+        recipe.close()

@@ -22,6 +22,7 @@ from studio.evaluation.tasks import (
     TextItem,
     demo_task_paths,
     load_task,
+    preselected_demo_tasks,
 )
 
 
@@ -247,13 +248,23 @@ def test_fewshot_context_takes_the_first_items_but_never_the_item_itself(tmp_pat
 
 
 def test_demo_tasks_load() -> None:
-    """The shipped demo tasks: a 20-item MC set, two corpora, prompt -> reference pairs."""
+    """The shipped demo tasks: the demo domain's evaluation sets (preselected) and the small
+    hand-written clinic tasks (MC, two corpora, prompt -> reference pairs, chat QA)."""
     paths = demo_task_paths()
-    assert set(paths) >= {"general_mc", "clinic_notes", "general_text", "clinic_qa_reference"}
+    demo_sets = {
+        "domain_completion", "domain_mc", "domain_chat_qa", "general_mc", "general_chat_qa",
+        "domain_text", "general_text",
+    }  # fmt: skip
+    clinic = {"clinic_general_mc", "clinic_notes", "clinic_general_text", "clinic_qa_reference"}
+    assert set(paths) == demo_sets | clinic | {"clinic_chat_qa"}
+    assert {p.stem for p in preselected_demo_tasks()} == demo_sets
     tasks = {name: load_task(path) for name, path in paths.items()}
-    assert tasks["general_mc"].kind == "multiple_choice" and len(tasks["general_mc"].items) == 20
+    assert tasks["clinic_general_mc"].kind == "multiple_choice"
+    assert len(tasks["clinic_general_mc"].items) == 20
     assert {tasks[n].format for n in ("clinic_notes", "general_text")} == {"text"}
     assert tasks["clinic_qa_reference"].format == "prompt_reference"
+    assert (tasks["clinic_chat_qa"].kind, tasks["clinic_chat_qa"].format) == ("chat_qa", "chat_qa")
+    assert (tasks["domain_chat_qa"].kind, tasks["domain_mc"].format) == ("chat_qa", "medmcqa")
     assert all(Path(t.source).is_absolute() for t in tasks.values())
 
 

@@ -23,6 +23,7 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from studio.evaluation.lm_eval_tasks import write_lm_eval_task  # noqa: E402
 from studio.evaluation.scoring import ScoreSettings, score_task  # noqa: E402
 from studio.evaluation.tasks import load_task  # noqa: E402
 from studio.inference.engine import ModelSpec  # noqa: E402
@@ -53,37 +54,6 @@ TEXTS = [
 ]
 WINDOW = 16  # tokens: forces several rolling windows on the texts above
 
-MC_YAML = """task: studio_parity_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-fewshot_split: test
-fewshot_config:
-  sampler: first_n
-output_type: multiple_choice
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
-doc_to_choice: options
-doc_to_target: answer
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
-
-PPL_YAML = """task: studio_parity_ppl
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-output_type: loglikelihood_rolling
-doc_to_text: ""
-doc_to_target: "{{{{text}}}}"
-metric_list:
-  - metric: word_perplexity
-"""
-
 
 @pytest.fixture(scope="module")
 def parity_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -98,9 +68,8 @@ def parity_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     text = folder / "corpus.jsonl"
     text.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
     tasks = folder / "tasks"
-    tasks.mkdir()
-    (tasks / "mc.yaml").write_text(MC_YAML.format(path=mc), encoding="utf-8")
-    (tasks / "ppl.yaml").write_text(PPL_YAML.format(path=text), encoding="utf-8")
+    write_lm_eval_task(tasks, "studio_parity_mc", mc)
+    write_lm_eval_task(tasks, "studio_parity_ppl", text, kind="perplexity")
     return {"mc": mc, "text": text, "tasks": tasks}
 
 

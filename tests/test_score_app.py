@@ -145,3 +145,48 @@ def test_checkpoint_sweep_endpoint(
         ("checkpoint", 1.0),
         ("checkpoint", 3.0),
     ]
+
+
+def test_a_chat_qa_task_through_the_score_tab(
+    app: str, home: Path, tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """/score with a chat-QA file in quick mode (first 2 questions), reply length and template
+    from the form: one acc row per model and every reply in the report; the finished job's
+    tick writes the score CSV and the replies CSV once and stops the timer."""
+    from studio.settings import StudioSettings
+    from studio.ui.score_tab import show_report
+
+    task = tmp_path / "qa.jsonl"
+    rows = [
+        {"question": "what is the capital of france ?", "answer": "paris"},
+        {"question": "where does the sun rise ?", "answer": "east", "aliases": ["the east"]},
+        {"question": "hello", "answer": "hello"},
+    ]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    client = Client(app, verbose=False)
+    args = (str(tiny_family["cpt"]), str(tiny_family["chat"]), "", [], str(task), True, 2, 0)
+    job = client.predict(*args, 6, "chatml", api_name="/score")
+    result = wait_report(client, job["id"])
+    assert result["status"]["state"] == "succeeded", result["status"]
+    report = result["report"]
+    assert [(r["label"], r["metric"], r["n"]) for r in report["rows"]] == [
+        ("cpt: cpt", "acc", 2),
+        ("chat: chat", "acc", 2),
+    ]
+    answers = report["answers"]
+    assert [(a["label"], a["reference"]) for a in answers] == [
+        ("cpt: cpt", "paris"),
+        ("cpt: cpt", "east | the east"),
+        ("chat: chat", "paris"),
+        ("chat: chat", "east | the east"),
+    ]
+    for row in report["rows"]:
+        mine = [a["correct"] for a in answers if a["label"] == row["label"]]
+        assert row["score"] == pytest.approx(sum(mine) / len(mine))
+
+    out = show_report(StudioSettings(home=home), job["id"])
+    scores_csv, replies_csv, timer = out[3], out[5], out[6]
+    assert Path(scores_csv).read_text(encoding="utf-8").startswith("label,kind,value,task")
+    lines = Path(replies_csv).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + len(answers)
+    assert timer.active is False

@@ -270,3 +270,71 @@ def test_checkpoint_sweep_scores_each_step_alone_and_merged(
 
     with pytest.raises(SweepError, match="has no checkpoints yet"):
         checkpoint_folders(CheckpointSweepRequest(run_dir=str(tmp_path), tasks=(str(mc_task),)))
+
+
+def test_merge_points_are_scored_in_the_requests_dtype_which_keys_the_cache(
+    tiny_family: dict[str, Path], mc_task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bfloat16 recipe swept with dtype float32: every merged model that is scored is fp32,
+    the dtype the cache key names (transformers/float32), not the recipe's bf16."""
+    from studio.merging.preview import LivePreview
+
+    scored_dtypes: list[object] = []
+    merge = LivePreview.merge
+
+    def spy(self: LivePreview, recipe: object) -> object:
+        engine, stats = merge(self, recipe)  # type: ignore[arg-type]
+        scored_dtypes.append(engine.model.dtype)
+        return engine, stats
+
+    monkeypatch.setattr(LivePreview, "merge", spy)
+    recipe = linear(tiny_family).model_copy(update={"dtype": "bfloat16"})
+    report = run_sweep(
+        SweepRequest(
+            recipe=recipe_to_yaml(recipe),
+            parameter="weight",
+            values=(0.0, 1.0),
+            tasks=(str(mc_task),),
+            include_parents=False,
+            dtype="float32",
+        )
+    )
+    import torch
+
+    assert scored_dtypes == [torch.float32, torch.float32]
+    assert [r.value for r in report.rows] == [0.0, 1.0]
+
+
+def test_run_scores_releases_the_live_merge_before_a_folder_model_loads(
+    tiny_family: dict[str, Path], mc_task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """merge target, then a model folder: the preview (merger + merged model) is closed before
+    the folder's model loads, so the two never sit in memory together."""
+    from studio.inference.transformers_engine import TransformersEngine
+    from studio.merging.preview import LivePreview
+
+    events: list[str] = []
+    close, load = LivePreview.close, TransformersEngine.load
+
+    def spy_close(self: LivePreview) -> None:
+        events.append("preview closed" if self.engine is not None else "preview empty")
+        close(self)
+
+    def spy_load(self: TransformersEngine) -> None:
+        events.append(f"load {self.spec.name}")
+        load(self)
+
+    monkeypatch.setattr(LivePreview, "close", spy_close)
+    monkeypatch.setattr(TransformersEngine, "load", spy_load)
+    request = ScoreRequest(
+        targets=(
+            ScoreTarget(label="merged", recipe=recipe_to_yaml(linear(tiny_family))),
+            ScoreTarget(label="chat", model=str(tiny_family["chat"])),
+        ),
+        tasks=(str(mc_task),),
+    )
+    report = run_scores(request)
+    assert [r.label for r in report.rows] == ["merged", "chat"]
+    # the merged model loads from the first parent's folder (cpt); then it is released
+    assert events.index("preview closed") < events.index("load chat")
+    assert events.index("load cpt") < events.index("preview closed")

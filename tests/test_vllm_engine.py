@@ -378,6 +378,54 @@ def test_score_task_gives_the_same_results_on_both_engines(
     assert theirs.items[0].tokens is not None and theirs.items[0].tokens > 8
 
 
+def test_batched_generations_equal_the_transformers_engine(
+    family: dict[str, Path], chat_hf: TransformersEngine, tmp_path: Path
+) -> None:
+    """generate_batch submits every prompt at once; each greedy reply (tokens, text, stop
+    reason) equals the transformers engine's one-by-one reply on the same model, for replies
+    ending at EOS, at a stop string and at max_new_tokens; a chat-QA task then scores alike on
+    both engines, replies included."""
+    from studio.evaluation.chat_qa import chat_qa_prompt
+
+    questions = [
+        "what is the capital of france ?",
+        "where does the sun rise ?",
+        "hello",
+        "what does zorvex treat ?",
+        "tell me about the river",
+    ]
+    answers = ["paris", "east", "hello", "kelm fever", "sea"]
+    engine = _vllm(family["chat"])
+    try:
+        prompts = [chat_qa_prompt(engine, q, None) for q in questions]
+        texts = [text for text, _ in prompts]
+        reasons = set()
+        for update in ({"max_new_tokens": 16}, {"max_new_tokens": 2}, {"stop": ("the",)}):
+            settings = prompts[0][1].model_copy(update=update)
+            ours = engine.generate_batch(texts, settings, add_special_tokens=False)
+            theirs = [chat_hf.generate(t, settings, add_special_tokens=False) for t in texts]
+            assert [(r.token_ids, r.text, r.stop_reason) for r in ours] == [
+                (r.token_ids, r.text, r.stop_reason) for r in theirs
+            ]
+            reasons |= {r.stop_reason for r in ours}
+        assert reasons == {"eos", "length", "stop"}
+        path = tmp_path / "qa.jsonl"
+        rows = [{"question": q, "answer": a} for q, a in zip(questions, answers, strict=True)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        task = load_task(path)
+        settings = ScoreSettings(max_new_tokens=12)
+        ours_score, theirs_score = (
+            score_task(engine, task, settings),
+            score_task(chat_hf, task, settings),
+        )
+        assert [i.generation for i in ours_score.items] == [
+            i.generation for i in theirs_score.items
+        ]
+        assert ours_score.metrics == theirs_score.metrics
+    finally:
+        engine.unload()
+
+
 def test_a_context_longer_than_the_model_is_cut_from_the_left(
     cpt: tuple[VLLMEngine, TransformersEngine],
 ) -> None:

@@ -35,6 +35,7 @@ from studio.catalog.registry import (
     ModelEntry,
     entry_for_path,
 )
+from studio.confine import confine_path
 from studio.errors import ModelError
 from studio.hf_loading import LOAD_LOCK
 from studio.settings import StudioSettings, load_settings
@@ -56,6 +57,9 @@ def import_gguf(
 ) -> ModelEntry:
     """Convert `gguf_path` into STUDIO_HOME/models/<name> (default: the file's stem)."""
     settings = settings or load_settings()
+    packaged = find_smollm2_gguf()  # the file the studio itself ships is always importable
+    if packaged is None or Path(os.path.abspath(str(gguf_path).strip())) != packaged:
+        confine_path(str(gguf_path), settings=settings, what="GGUF file")
     source = _check_gguf_file(gguf_path)
     if dtype not in DTYPES:
         raise ModelError(

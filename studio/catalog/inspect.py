@@ -1,14 +1,16 @@
-"""Inspect a model folder without reading its weights.
+"""Inspect a model folder: its structure from headers, its values checked once for NaN/Inf.
 
-Everything here comes from `config.json`, the tokenizer files and the safetensors headers (an
+The structure comes from `config.json`, the tokenizer files and the safetensors headers (an
 8-byte little-endian length, then that many bytes of JSON naming every tensor's dtype, shape and
-byte range), so inspecting a 7B model reads a few kilobytes, not 14 GB:
+byte range). The only pass over the weights is a bit test for NaN/Inf, memory-mapped and cached
+per file version, so a second inspection reads a few kilobytes, not 14 GB:
 
     info = inspect_model("/data/models/meditron-7b")
     info.num_layers, info.vocab_size, info.tied_embeddings, info.tensor_shapes["lm_head.weight"]
 
 Errors a user can fix (missing folder, malformed config, unsafe pickle weights, code that would
-run on load, a truncated download) raise `ModelError` with a sentence that says what to do.
+run on load, a truncated download, NaN/Inf weights, a folder outside the studio's roots) raise
+`ModelError` / `PathNotAllowedError` with a sentence that says what to do.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from studio.confine import check_path_text, confine_path
 from studio.errors import ModelError
 from studio.settings import StudioSettings, load_settings
 
@@ -67,7 +70,7 @@ class FileInfo(BaseModel, frozen=True):
 
 
 class ModelInfo(BaseModel, frozen=True):
-    """What a model folder holds, read from its config and headers (never its weights)."""
+    """What a model folder holds, read from its config and headers (weights only bit-tested)."""
 
     path: str
     name: str
@@ -120,6 +123,18 @@ def resolve_model_path(ref: str | Path) -> Path:
     return absolute
 
 
+def confined_model_path(ref: str | Path, *, settings: StudioSettings) -> Path:
+    """resolve_model_path, refusing a folder outside the studio's roots (studio.confine).
+
+    The root check comes first for anything that names a place on disk, so a refusal does not
+    reveal whether a folder outside the roots exists.
+    """
+    text = os.path.expanduser(check_path_text(str(ref), what="model folder"))
+    if os.path.isabs(text) or os.path.exists(text):
+        confine_path(text, settings=settings, what="model folder")
+    return resolve_model_path(ref)
+
+
 def _looks_like_hub_id(text: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None
 
@@ -130,7 +145,7 @@ def _looks_like_hub_id(text: str) -> bool:
 def inspect_model(ref: str | Path, *, settings: StudioSettings | None = None) -> ModelInfo:
     """Describe the model folder `ref`; ModelError with the fix if the studio cannot use it."""
     settings = settings or load_settings()
-    folder = resolve_model_path(ref)
+    folder = confined_model_path(ref, settings=settings)
     # 1) config: architecture and sizes, and the safety gates (remote code) it implies
     config = read_config(folder)
     architecture = _architecture(folder, config, settings=settings)
@@ -287,6 +302,8 @@ def _read_weight_headers(
         tensors: dict[str, TensorHeader] = {}
         for shard in shards:
             tensors.update(read_safetensors_header(shard))
+        for shard in shards:  # after every header checked out: the values themselves
+            _refuse_non_finite(shard)
         return "safetensors", tensors
     pickles = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
     if not pickles:
@@ -364,6 +381,71 @@ def read_safetensors_header(path: Path) -> dict[str, TensorHeader]:
             )
         tensors[name] = (SAFETENSORS_DTYPES.get(str(dtype), str(dtype).lower()), shape)
     return tensors
+
+
+def _refuse_non_finite(shard: Path) -> None:
+    """ModelError naming the first tensor of `shard` that holds NaN or Inf values.
+
+    A NaN in one parent spreads into every merged tensor it touches (and into a sweep's whole
+    curve), and nothing in a header shows it, so the values are read once per file version
+    (path, size, mtime; cached, so inspecting again is free).
+    """
+    stat = shard.stat()
+    found = non_finite_tensor(str(shard), stat.st_size, stat.st_mtime_ns)
+    if found is not None:
+        name, nans, infs = found
+        raise ModelError(
+            f"safetensors file {shard.name} in {shard.parent} holds non-finite weights (tensor "
+            f"{name}: {nans} NaN and {infs} Inf values); merging, chatting or scoring with it "
+            "would spread them: re-download the model or use an earlier checkpoint"
+        )
+
+
+# safetensors float dtype -> (unsigned view, exponent mask, mantissa mask): an IEEE value is
+# NaN or Inf exactly when all its exponent bits are set (NaN: with a non-zero mantissa). Testing
+# the bits of the raw little-endian bytes is ~10x faster than torch.isfinite on bf16 and needs
+# no torch at all.
+_FLOAT_BITS: dict[str, tuple[str, int, int]] = {
+    "F16": ("<u2", 0x7C00, 0x03FF),
+    "BF16": ("<u2", 0x7F80, 0x007F),
+    "F32": ("<u4", 0x7F800000, 0x007FFFFF),
+    "F64": ("<u8", 0x7FF0000000000000, 0x000FFFFFFFFFFFFF),
+}
+_SCAN_CHUNK = 1 << 24  # elements per step: bounds the temporary arrays to ~16 MB
+
+
+@functools.lru_cache(maxsize=256)
+def non_finite_tensor(path: str, size: int, mtime_ns: int) -> tuple[str, int, int] | None:
+    """(tensor, NaN count, Inf count) for the first float tensor with NaN/Inf, else None.
+
+    Reads the file memory-mapped, tensor by tensor, in bounded chunks. `size` and `mtime_ns`
+    are only the cache key: a file rewritten in place is read again. Call after
+    read_safetensors_header has checked the header fits the file.
+    """
+    import numpy as np
+
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length).decode("utf-8"))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+    for name, entry in header.items():
+        bits = _FLOAT_BITS.get(str(entry.get("dtype"))) if name != "__metadata__" else None
+        if bits is None:
+            continue
+        view, exponent, mantissa = bits
+        start, end = entry["data_offsets"]
+        values = data[start:end].view(view)
+        nans = infs = 0
+        for first in range(0, values.size, _SCAN_CHUNK):
+            chunk = values[first : first + _SCAN_CHUNK]
+            special = (chunk & exponent) == exponent
+            if special.any():
+                nan = (chunk[special] & mantissa) != 0
+                nans += int(nan.sum())
+                infs += int((~nan).sum())
+        if nans or infs:
+            return name, nans, infs
+    return None
 
 
 def _corrupt(path: Path, reason: str) -> ModelError:

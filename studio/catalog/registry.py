@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from studio import db
 from studio.catalog.inspect import CONFIG_FILE, inspect_model, resolve_model_path
+from studio.confine import check_path_text, confine_path, is_allowed
 from studio.errors import ModelError
 from studio.settings import StudioSettings, load_settings
 from studio.training.checkpoints import checkpoint_step
@@ -115,7 +116,7 @@ def find_model(name_or_path: str, *, settings: StudioSettings | None = None) -> 
     """The catalog entry called `name_or_path`, or whose folder it is; ModelError listing names."""
     settings = settings or load_settings()
     entries = list_models(settings)
-    text = str(name_or_path).strip()
+    text = check_path_text(str(name_or_path), what="model")
     for entry in entries:
         if entry.name == text:
             return entry
@@ -134,8 +135,9 @@ def find_model(name_or_path: str, *, settings: StudioSettings | None = None) -> 
 def model_folder(ref: str, *, settings: StudioSettings | None = None) -> str:
     """A model folder from what a user typed: an existing folder (kept as given), else a catalog
     name (including `<run>/step-NNNNNNNN`); ModelError listing the names if it is neither."""
-    text = str(ref).strip()
-    if text and Path(text).expanduser().exists():
+    text = check_path_text(str(ref), what="model")  # before any os call sees it
+    if Path(text).expanduser().exists():
+        confine_path(text, settings=settings, what="model folder")
         return text
     try:
         return find_model(text, settings=settings).path
@@ -167,7 +169,12 @@ def _scan(settings: StudioSettings) -> Iterator[tuple[Path, Source]]:
             yield folder, "root"
     for path in _registered_paths(settings):
         folder = Path(path)
-        if _is_model_folder(folder):
+        if not is_allowed(folder, settings):
+            # Registered before the roots were narrowed: offering it would bypass them.
+            LOG.warning(
+                "registered model folder %s is outside the studio's roots; not listed", path
+            )
+        elif _is_model_folder(folder):
             yield folder, "local"
         else:
             LOG.info("registered model folder %s is gone; not listed", path)

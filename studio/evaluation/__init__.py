@@ -1,4 +1,4 @@
-"""Evaluation: tasks from local files, log-likelihood and perplexity scoring, score sweeps.
+"""Evaluation: tasks from local files, log-likelihood, perplexity and chat-QA scoring, sweeps.
 
     from studio.evaluation import load_task, score_task, ScoreSettings
     score = score_task(engine, load_task("/data/arc_easy.jsonl"), ScoreSettings(limit=50))
@@ -20,18 +20,21 @@ from studio.evaluation.scoring import (
 from studio.evaluation.tasks import (
     TASK_FORMATS,
     ChoiceItem,
+    QAItem,
     Task,
     TaskError,
     TaskKind,
     TextItem,
     demo_task_paths,
     load_task,
+    preselected_demo_tasks,
 )
 
 __all__ = [
     "TASK_FORMATS",
     "ChoiceItem",
     "ItemScore",
+    "QAItem",
     "ScoreSettings",
     "ScoringCancelled",
     "ScoringError",
@@ -41,6 +44,7 @@ __all__ = [
     "TaskScore",
     "TextItem",
     "demo_task_paths",
+    "preselected_demo_tasks",
     "load_task",
     "score_task",
 ]

@@ -12,7 +12,6 @@ so `studio.plots.sweep_chart` draws one line per task and kind against step.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from studio.evaluation.sweeps import (
     SweepError,
     TargetScorer,
     parse_recipe_text,
+    scored_recipe,
 )
 from studio.recipes.recipe import MergeRecipe, validate_recipe
 from studio.training.checkpoints import checkpoint_step, list_checkpoints
@@ -86,7 +86,6 @@ def run_checkpoint_sweep(
     *,
     store: ResultStore | None = None,
     progress: Progress | None = None,
-    cancel: threading.Event | None = None,
 ) -> ScoreReport:
     """Score each checkpoint alone and, with a recipe, merged; rows valued by step."""
     from studio.merging.preview import LivePreview
@@ -94,9 +93,13 @@ def run_checkpoint_sweep(
     started = time.perf_counter()
     folders = checkpoint_folders(request)
     recipe = parse_recipe_text(request.recipe) if request.recipe else None
-    merges = [(step, with_first_model(recipe, path)) for step, path in folders] if recipe else []
+    merges = [
+        (step, scored_recipe(with_first_model(recipe, path), request.dtype))
+        for step, path in folders
+        if recipe is not None
+    ]
     scorer = TargetScorer(
-        request, store=store, progress=progress, cancel=cancel, points=len(folders) + len(merges)
+        request, store=store, progress=progress, points=len(folders) + len(merges)
     )
     try:
         for step, path in folders:
@@ -117,6 +120,7 @@ def run_checkpoint_sweep(
                     value=float(step),
                     fingerprint=recipe_fingerprint(merged, seed=SWEEP_SEED),
                     engine=lambda merged=merged: preview.merge(merged)[0],
+                    recipe=merged,
                 )
         finally:
             preview.close()
@@ -126,4 +130,5 @@ def run_checkpoint_sweep(
         rows=tuple(scorer.rows),
         parameter=STEP,
         details={"seconds": round(time.perf_counter() - started, 2), "checkpoints": len(folders)},
+        answers=tuple(scorer.answers),
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,17 +54,17 @@ def run_request(
     *,
     store: ResultStore | None = None,
     progress: Progress | None = None,
-    cancel: threading.Event | None = None,
 ) -> ScoreReport:
-    """Run a `{"kind": "score"|"sweep", "request": {...}}` spec in this process."""
+    """Run a `{"kind": "score"|"sweep"|"checkpoints", "request": {...}}` spec in this process
+    (the job worker; cancel kills its process group)."""
     if spec.get("kind") == "checkpoints":
         checkpoints = CheckpointSweepRequest.model_validate(spec["request"])
-        return run_checkpoint_sweep(checkpoints, store=store, progress=progress, cancel=cancel)
+        return run_checkpoint_sweep(checkpoints, store=store, progress=progress)
     if spec.get("kind") == "sweep":
         sweep = SweepRequest.model_validate(spec["request"])
-        return run_sweep(sweep, store=store, progress=progress, cancel=cancel)
+        return run_sweep(sweep, store=store, progress=progress)
     request = ScoreRequest.model_validate(spec["request"])
-    return run_scores(request, store=store, progress=progress, cancel=cancel)
+    return run_scores(request, store=store, progress=progress)
 
 
 def check_request(request: ScoreOptions) -> None:

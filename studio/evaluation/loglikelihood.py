@@ -2,7 +2,8 @@
 
 lm-eval-harness is the reference for every convention here (it is not imported):
 
-- `encode_pair`: a context's trailing whitespace moves into the continuation, the pair is
+- `encode_pair` / `fit_pair` (defined once in studio.inference.engine_base, where the engines
+  use them too): a context's trailing whitespace moves into the continuation, the pair is
   encoded whole and cut at the context's own encoding (`HFLM._encode_pair`); an empty context
   becomes the prefix token (BOS, else EOS); a pair longer than the window keeps its end;
 - `rolling_windows`: a long text is scored in disjoint windows of `max_length` predictions,
@@ -13,7 +14,8 @@ Engines that implement `TokenGroupScorer` (the transformers and vLLM engines) ge
 windows and the shared-prefix fast path; any other `InferenceEngine` is scored through its
 string protocol `score_loglikelihoods` (windows of a long text are decoded back to text there).
 `model_max_length` takes the engine's own `max_length` when it states one (both engines do:
-`TokenizedEngine.max_length`; vLLM's is max_model_len - 2, see studio.inference.vllm_engine).
+`TokenizedEngine.max_length` reads the model config; vLLM's is max_model_len - 2, see
+studio.inference.vllm_engine).
 """
 
 from __future__ import annotations
@@ -24,11 +26,27 @@ from typing import Any, Protocol, runtime_checkable
 
 from studio.errors import StudioError
 from studio.inference.engine import InferenceEngine, LogLikelihood
+from studio.inference.engine_base import encode, encode_pair, fit_pair, prefix_token_id
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's default when neither config nor tokenizer names one
 _TOKENIZER_INFINITY = 10**8  # tokenizers without a limit report ~1e30
+
+__all__ = [
+    "DEFAULT_MAX_LENGTH",
+    "ScoringError",
+    "TokenGroup",
+    "TokenGroupScorer",
+    "encode",
+    "encode_pair",
+    "fit_pair",
+    "model_max_length",
+    "prefix_token_id",
+    "rolling_windows",
+    "score_groups",
+    "token_scorer",
+]
 
 TokenGroup = tuple[list[int], list[list[int]]]  # (context ids, [continuation ids, ...])
 
@@ -56,73 +74,17 @@ def token_scorer(engine: InferenceEngine) -> TokenGroupScorer | None:
 
 def model_max_length(engine: InferenceEngine, override: int | None = None) -> int:
     """Tokens the model reads at once (lm-eval's max_length): `override`, else the engine's
-    `max_length`, else its model config's, else the tokenizer's, else lm-eval's default."""
+    `max_length` (both engines read it from the model config: `TokenizedEngine.max_length`),
+    else the tokenizer's, else lm-eval's default."""
     if override is not None:
         return override
     stated = getattr(engine, "max_length", None)
     if isinstance(stated, int) and stated > 0:
         return stated
-    config = getattr(getattr(engine, "model", None), "config", None)
-    config = getattr(config, "text_config", None) or config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
     limit = getattr(engine.tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < _TOKENIZER_INFINITY:
         return limit
     return DEFAULT_MAX_LENGTH
-
-
-def prefix_token_id(tokenizer: Any) -> int:
-    """The token an empty context becomes: BOS, else EOS (lm-eval's prefix_token_id)."""
-    token = tokenizer.bos_token_id
-    token = tokenizer.eos_token_id if token is None else token
-    if token is None:
-        raise ScoringError("the model's tokenizer has neither a BOS nor an EOS token to start from")
-    return int(token)
-
-
-def encode(tokenizer: Any, text: str) -> list[int]:
-    """The tokenizer's own encoding (special tokens as it adds them; none if the text has BOS)."""
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos):
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(text)["input_ids"])
-
-
-def encode_pair(
-    tokenizer: Any, context: str, continuation: str, *, context_ids: list[int] | None = None
-) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) as lm-eval splits them (see the module docstring).
-
-    `context_ids`: `encode(tokenizer, context.rstrip())` when the caller already has it (one
-    encoding of a long few-shot context serves all its choices).
-    """
-    if not context:
-        return [prefix_token_id(tokenizer)], encode(tokenizer, continuation)
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = encode(tokenizer, context + continuation)
-    if context_ids is None:
-        context_ids = encode(tokenizer, context)
-    return context_ids, whole[len(context_ids) :]
-
-
-def fit_pair(
-    context_ids: list[int], continuation_ids: list[int], max_length: int, *, label: str
-) -> list[int]:
-    """The context, cut from the left so context + continuation - 1 fits (lm-eval's rule)."""
-    if not continuation_ids:
-        raise ScoringError(f"{label}: the text to score encodes to no tokens; give longer text")
-    if len(continuation_ids) > max_length:
-        raise ScoringError(
-            f"{label}: the continuation is {len(continuation_ids)} tokens but the model reads "
-            f"{max_length}; shorten it or raise max_length"
-        )
-    keep = max_length + 1 - len(continuation_ids)
-    return context_ids[-keep:]
 
 
 def rolling_windows(

@@ -7,7 +7,8 @@ A score is keyed by what decides its value and nothing else:
   merge point the recipe (canonical YAML, paths resolved) plus the fingerprints of every model it
   reads and the DARE seed;
 - the task's fingerprint (`Task.fingerprint`: format + item contents);
-- the scoring settings (`ScoreSettings.key()`) and the engine + dtype that produced it.
+- the scoring settings that change that task's scores (`ScoreSettings.key(task.kind)`: a chat-QA
+  task's include max_new_tokens and the chat template) and the engine + dtype that produced it.
 
 So revisiting a sweep point, or re-scoring a parent in another sweep, is a lookup.
 
@@ -80,7 +81,7 @@ def recipe_fingerprint(recipe: MergeRecipe, *, seed: int | None) -> str:
 
 def score_key(model_fingerprint: str, task: Task, settings: ScoreSettings, *, engine: str) -> str:
     """The cache key of one model scored on one task with these settings by this engine."""
-    return _sha("|".join((model_fingerprint, task.fingerprint, settings.key(), engine)))
+    return _sha("|".join((model_fingerprint, task.fingerprint, settings.key(task.kind), engine)))
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class ResultStore:
                     model_fingerprint,
                     task.name,
                     task.fingerprint,
-                    settings.key(),
+                    settings.key(task.kind),
                     json.dumps(score.to_json()),
                     now,
                 ),

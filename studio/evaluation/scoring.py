@@ -1,4 +1,4 @@
-"""Score a model on a task: multiple-choice accuracy (acc, acc_norm) and perplexity.
+"""Score a model on a task: multiple-choice accuracy (acc, acc_norm), perplexity, chat QA.
 
 Everything goes through the engine protocol (`studio.inference.engine`), so the transformers
 engine and the vLLM engine score the same way; the metrics are lm-eval-harness's:
@@ -9,7 +9,10 @@ engine and the vLLM engine score the same way; the metrics are lm-eval-harness's
 - perplexity: token log-probs of the reference only (the prompt is context; a space joins
   them unless one of them has whitespace at the join), long texts in
   lm-eval's rolling windows; `perplexity` = exp(NLL per token), `bits_per_byte` and
-  `word_perplexity` as lm-eval's wikitext computes them.
+  `word_perplexity` as lm-eval's wikitext computes them;
+- chat QA: each question asked in the model's chat template, answered greedily (batched), the
+  reply right when it holds the reference answer as whole words (`acc`, from `contains`) or is
+  exactly it (`exact`); see studio.evaluation.chat_qa. The replies are kept per item.
 
 Fast path: when the engine can score token ids directly (`TokenGroupScorer`: the transformers
 engine, whose question context runs once and all its choices are scored from its KV cache,
@@ -25,6 +28,7 @@ Tests: `.venv/bin/python -m pytest -q tests/test_scoring.py tests/test_lm_eval_p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -33,9 +37,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from studio.errors import StudioError
+from studio.evaluation.chat_qa import answer_metrics, score_answers
 from studio.evaluation.loglikelihood import (
     ScoringError,
     TokenGroup,
@@ -89,22 +94,55 @@ class ScoreSettings(BaseModel, frozen=True):
         ge=2,
         description="tokens per perplexity window and longest context; empty = the model's max",
     )
+    max_new_tokens: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="chat QA: longest reply, in tokens (a reply cut short may miss its answer)",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="chat QA: template to ask the questions in (a name such as chatml, or "
+        "jinja); empty = each model's own",
+    )
 
-    def key(self) -> str:
-        """Stable string of what changes the scores (batch_size does not, so it is left out)."""
-        return f"fewshot={self.num_fewshot};limit={self.limit};max_length={self.max_length}"
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _auto_is_none(cls, value: Any) -> Any:
+        # The Chat tab's picker says "auto" for the model's own template; so does a blank box.
+        if isinstance(value, str) and value.strip() in ("", "auto"):
+            return None
+        return value
+
+    def key(self, kind: TaskKind | None = None) -> str:
+        """Stable string of what changes the scores of a task of `kind` (None: any kind).
+
+        batch_size changes no score, so it is left out; the generation settings only change
+        chat-QA scores, so other kinds leave them out too (their cached scores stay valid).
+        """
+        key = f"fewshot={self.num_fewshot};limit={self.limit};max_length={self.max_length}"
+        if kind in (None, "chat_qa"):
+            template = self.chat_template
+            if template is not None and len(template) > 64:  # jinja text: its digest
+                template = "sha256:" + hashlib.sha256(template.encode()).hexdigest()
+            key += f";max_new_tokens={self.max_new_tokens};chat_template={template}"
+        return key
 
 
 @dataclass(frozen=True)
 class ItemScore:
-    """One item's result: per-choice log-likelihoods (MC) or the reference's log-prob (ppl)."""
+    """One item's result: per-choice log-likelihoods (MC), the reference's log-prob (ppl), or
+    the model's reply and whether it holds the answer (chat QA)."""
 
     id: str
     gold: int | None
     prediction: int | None  # argmax of log-likelihood (acc)
     prediction_norm: int | None  # argmax of log-likelihood / len(choice) (acc_norm)
     logprobs: tuple[float, ...]  # one per choice; perplexity: (sum of reference log-probs,)
-    tokens: int | None = None  # perplexity: reference tokens scored
+    tokens: int | None = None  # perplexity: reference tokens scored; chat QA: reply tokens
+    generation: str | None = None  # chat QA: the greedy reply
+    contains: bool | None = None  # chat QA: a reference is a whole-word span of the reply
+    exact: bool | None = None  # chat QA: the reply is a reference
 
 
 @dataclass(frozen=True)
@@ -120,7 +158,10 @@ class TaskScore:
 
     @property
     def primary(self) -> tuple[str, float, float | None]:
-        """(metric, value, stderr): acc_norm for multiple choice, perplexity for text."""
+        """(metric, value, stderr): acc_norm for multiple choice, perplexity for text, acc
+        (the reply holds the answer) for chat QA."""
+        if self.kind == "chat_qa":
+            return "acc", self.metrics["acc"], self.metrics["acc_stderr"]
         if self.kind == "multiple_choice":
             return "acc_norm", self.metrics["acc_norm"], self.metrics["acc_norm_stderr"]
         return "perplexity", self.metrics["perplexity"], None
@@ -145,6 +186,9 @@ class TaskScore:
                 prediction_norm=item.get("prediction_norm"),
                 logprobs=tuple(float(x) for x in item["logprobs"]),
                 tokens=item.get("tokens"),
+                generation=item.get("generation"),
+                contains=item.get("contains"),
+                exact=item.get("exact"),
             )
             for item in data["items"]
         )
@@ -174,7 +218,17 @@ def score_task(
     settings = settings or ScoreSettings()
     items = task.items if settings.limit is None else task.items[: settings.limit]
     started = time.perf_counter()
-    if task.kind == "multiple_choice":
+    if task.kind == "chat_qa":
+        scores = score_answers(
+            engine,
+            items,  # type: ignore[arg-type]
+            settings,
+            progress=progress,
+            check_cancel=lambda: _check(cancel),
+            cancel=cancel,
+        )
+        metrics = answer_metrics(scores)
+    elif task.kind == "multiple_choice":
         scores = _score_choices(engine, task, items, settings, progress, cancel)  # type: ignore[arg-type]
         metrics = choice_metrics(scores)
     else:
@@ -275,6 +329,11 @@ def choice_metrics(scores: Sequence[ItemScore]) -> dict[str, float]:
         "acc_norm": _mean(norm),
         "acc_norm_stderr": _stderr(norm),
     }
+
+
+def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std / sqrt(n)): lm-eval's mean and mean_stderr (NaN when undefined)."""
+    return _mean(values), _stderr(values)
 
 
 def _mean(values: Sequence[float]) -> float:

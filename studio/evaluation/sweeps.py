@@ -9,17 +9,23 @@ Two requests, one report:
   scored too as the curve's reference lines (the study's "score against merge weight" chart).
 
 Both produce a `ScoreReport` of `ScoreRow`s (target, parameter value, task, metric, value,
-stderr) that the table, the plotly chart (studio.plots.sweep_chart) and the CSV export read.
-Every (model or merge point, task, settings, engine) is looked up in the `ResultStore` first,
-so revisiting a point is instant.
+stderr) that the table, the plotly chart (studio.plots.sweep_chart) and the CSV export read,
+plus, for chat-QA tasks, one `AnswerRow` per (target, question): the reference, the model's
+reply and whether it counted, so a user sees WHY a point scored what it did. Every (model or
+merge point, task, settings, engine) is looked up in the `ResultStore` first, so revisiting a
+point is instant.
+
+Every target is scored in the request's `dtype`: a merge point's recipe gets it as its
+`out_dtype` (`scored_recipe`), which is the dtype the live merger's model is loaded in, so the
+cache key's dtype is the one the point was scored in.
 
 How a sweep sets its parameter (`with_parameter`): a global parameter (t, lambda) is set on the
 recipe; a per-model one is set on every non-base model, except `weight` on a two-model merge,
 which is the weight of the SECOND model with the first getting 1 - value (the axis runs from the
 first model, 0, to the second, 1), unless `model_index` names the one model to vary.
 
-These run in a job worker (studio.evaluation.worker); the functions take progress and cancel
-callbacks so the worker reports progress and stops promptly.
+These run in a job worker (studio.evaluation.worker); the functions take a progress callback
+so the worker reports progress (cancel kills the worker's process group).
 
     report = run_sweep(SweepRequest(recipe=yaml_text, parameter="weight", values=(0, .5, 1),
                                     tasks=(task_path,)), store=ResultStore(db))
@@ -32,7 +38,6 @@ import csv
 import gc
 import io
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,7 +54,7 @@ from studio.evaluation.results import (
     score_key,
 )
 from studio.evaluation.scoring import ScoreSettings, TaskScore, score_task
-from studio.evaluation.tasks import Task, load_task
+from studio.evaluation.tasks import QAItem, Task, load_task
 from studio.inference.engine import InferenceEngine, ModelSpec
 from studio.recipes.methods import ParamScope, get_method
 from studio.recipes.recipe import MergeRecipe, RecipeModel, resolve_paths, validate_recipe
@@ -145,22 +150,77 @@ class ScoreRow:
 
 
 @dataclass(frozen=True)
+class AnswerRow:
+    """One chat-QA question as one target answered it (see studio.evaluation.chat_qa)."""
+
+    label: str
+    value: float | None
+    task: str
+    id: str
+    question: str
+    reference: str  # the answer, then its aliases, joined by " | "
+    generation: str
+    correct: bool  # a reference is a whole-word span of the reply (the task's acc)
+    exact: bool  # the reply is a reference
+
+
+ANSWER_COLUMNS = ["label", "value", "task", "id", "question", "reference", "generation"]
+ANSWER_COLUMNS += ["correct", "exact"]
+
+
+@dataclass(frozen=True)
 class ScoreReport:
     rows: tuple[ScoreRow, ...]
     parameter: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    answers: tuple[AnswerRow, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "parameter": self.parameter,
             "rows": [asdict(r) for r in self.rows],
             "details": self.details,
+            "answers": [asdict(a) for a in self.answers],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScoreReport:
         rows = tuple(ScoreRow(**r) for r in data.get("rows", ()))
-        return cls(rows=rows, parameter=data.get("parameter"), details=data.get("details", {}))
+        answers = tuple(AnswerRow(**a) for a in data.get("answers", ()))
+        return cls(
+            rows=rows,
+            parameter=data.get("parameter"),
+            details=data.get("details", {}),
+            answers=answers,
+        )
+
+    def answers_csv(self) -> str:
+        """The chat-QA replies: one line per (target, question)."""
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=ANSWER_COLUMNS)
+        writer.writeheader()
+        for answer in self.answers:
+            writer.writerow(asdict(answer))
+        return out.getvalue()
+
+    def answers_table(self) -> tuple[list[str], list[list[Any]]]:
+        """(headers, rows) of the chat-QA replies for the Score tab."""
+        headers = ["model", *([self.parameter] if self.parameter else [])]
+        headers += ["task", "question", "reference", "reply", "correct", "exact"]
+        body = [
+            [
+                a.label,
+                *([a.value] if self.parameter else []),
+                a.task,
+                a.question,
+                a.reference,
+                a.generation,
+                a.correct,
+                a.exact,
+            ]
+            for a in self.answers
+        ]
+        return headers, body
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -269,18 +329,17 @@ class TargetScorer:
         *,
         store: ResultStore | None,
         progress: Progress | None,
-        cancel: threading.Event | None,
         points: int,
     ) -> None:
         self.settings = request.settings
         self.dtype = request.dtype
         self.store = store
-        self.cancel = cancel
         self.tasks = [load_task(path) for path in request.tasks]
         per_point = sum(self._items(t) for t in self.tasks)
         self.counter = _Counter(total=per_point * points, progress=progress)
         self.engine_key = f"transformers/{self.dtype}"
         self.rows: list[ScoreRow] = []
+        self.answers: list[AnswerRow] = []
         self._opened: list[InferenceEngine] = []
 
     def _items(self, task: Task) -> int:
@@ -295,15 +354,21 @@ class TargetScorer:
         value: float | None,
         fingerprint: str,
         engine: Callable[[], InferenceEngine],
+        recipe: MergeRecipe | None = None,
     ) -> None:
-        """Add rows for one target: cached scores, else scored with the engine `engine()` makes."""
-        self._check_cancel()
+        """Add rows for one target: cached scores, else scored with the engine `engine()` makes.
+
+        `recipe`: the merge a live-merged target is; its chat_template, when it names one,
+        is the template chat-QA questions are asked in unless the request names one.
+        """
+        settings = self._settings_for(recipe)
         loaded: InferenceEngine | None = None
         for task in self.tasks:
-            key = self._key(fingerprint, task)
+            key = score_key(fingerprint, task, settings, engine=self.engine_key)
             hit = self.store.get(key) if self.store is not None else None
             if hit is not None:
                 self._add(label, kind, value, hit.score, cached=True)
+                self._add_answers(label, value, task, hit.score)
                 self.counter.advance(self._items(task), f"{label}: {task.name} (cached)")
                 continue
             loaded = loaded or engine()
@@ -311,11 +376,10 @@ class TargetScorer:
             score = score_task(
                 loaded,
                 task,
-                self.settings,
+                settings,
                 progress=lambda done, _total, task=task, base=done_before: self._item_progress(
                     base, done, f"{label}: {task.name}"
                 ),
-                cancel=self.cancel,
             )
             self.counter.done = done_before
             self.counter.advance(self._items(task), f"{label}: {task.name} done")
@@ -325,17 +389,43 @@ class TargetScorer:
                     label=label,
                     model_fingerprint=fingerprint,
                     task=task,
-                    settings=self.settings,
+                    settings=settings,
                     score=score,
                 )
             self._add(label, kind, value, score, cached=False)
+            self._add_answers(label, value, task, score)
+
+    def _add_answers(self, label: str, value: float | None, task: Task, score: TaskScore) -> None:
+        if task.kind != "chat_qa":
+            return
+        questions: dict[str, QAItem] = {item.id: item for item in task.items}  # type: ignore[misc]
+        for item in score.items:
+            asked = questions[item.id]
+            self.answers.append(
+                AnswerRow(
+                    label=label,
+                    value=value,
+                    task=score.task,
+                    id=item.id,
+                    question=asked.question,
+                    reference=" | ".join(asked.references),
+                    generation=item.generation or "",
+                    correct=bool(item.contains),
+                    exact=bool(item.exact),
+                )
+            )
 
     def _item_progress(self, base: int, done: int, message: str) -> None:
         self.counter.done = base
         self.counter.advance(done, message)
 
-    def _key(self, fingerprint: str, task: Task) -> str:
-        return score_key(fingerprint, task, self.settings, engine=self.engine_key)
+    def _settings_for(self, recipe: MergeRecipe | None) -> ScoreSettings:
+        # The live-merged model carries its first model's tokenizer, but the merge the recipe
+        # exports carries the recipe's chat_template: ask the questions in that one.
+        own = recipe.chat_template if recipe is not None else None
+        if self.settings.chat_template is not None or own in (None, "auto"):
+            return self.settings
+        return self.settings.model_copy(update={"chat_template": own})
 
     def _add(
         self, label: str, kind: TargetKind, value: float | None, score: TaskScore, *, cached: bool
@@ -355,10 +445,6 @@ class TargetScorer:
                 seconds=0.0 if cached else round(score.seconds, 3),
             )
         )
-
-    def _check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise SweepError("scoring was cancelled")
 
     def folder_engine(self, folder: str) -> Callable[[], InferenceEngine]:
         def make() -> InferenceEngine:
@@ -385,48 +471,65 @@ def parse_recipe_text(text: str) -> MergeRecipe:
     return recipe
 
 
+def scored_recipe(recipe: MergeRecipe, dtype: ScoreDtype) -> MergeRecipe:
+    """`recipe` as a merge point is scored: its merged model loaded in `dtype` (out_dtype).
+
+    The live merger still computes in the recipe's `dtype`; only the model that is scored
+    (and the fingerprint that keys its cache entry) takes the request's dtype.
+    """
+    return recipe.model_copy(update={"out_dtype": dtype})
+
+
 def run_scores(
     request: ScoreRequest,
     *,
     store: ResultStore | None = None,
     progress: Progress | None = None,
-    cancel: threading.Event | None = None,
 ) -> ScoreReport:
     """Score every target on every task (cached scores reused); one model loaded at a time."""
     from studio.merging.preview import LivePreview
 
     started = time.perf_counter()
     points = len(request.targets)
-    scorer = TargetScorer(request, store=store, progress=progress, cancel=cancel, points=points)
-    preview: LivePreview | None = None
+    scorer = TargetScorer(request, store=store, progress=progress, points=points)
+    preview = LivePreview(seed=SWEEP_SEED)
     try:
         for target in request.targets:
             if target.model is not None:
                 folder = str(Path(target.model).expanduser().resolve())
+                load = scorer.folder_engine(folder)
+
+                def make(load: Callable[[], InferenceEngine] = load) -> InferenceEngine:
+                    # The merger (all parents) and its model leave memory before a folder
+                    # loads; a later merge target loads them again.
+                    preview.close()
+                    return load()
+
                 scorer.score(
                     label=target.label,
                     kind="model",
                     value=None,
                     fingerprint=folder_fingerprint(folder),
-                    engine=scorer.folder_engine(folder),
+                    engine=make,
                 )
             else:
-                recipe = parse_recipe_text(target.recipe or "")
-                preview = preview or LivePreview(seed=SWEEP_SEED)
+                recipe = scored_recipe(parse_recipe_text(target.recipe or ""), request.dtype)
                 scorer.score(
                     label=target.label,
                     kind="merge",
                     value=None,
                     fingerprint=recipe_fingerprint(recipe, seed=SWEEP_SEED),
-                    engine=lambda recipe=recipe, preview=preview: preview.merge(recipe)[0],
+                    engine=lambda recipe=recipe: preview.merge(recipe)[0],
+                    recipe=recipe,
                 )
             scorer.release()
     finally:
         scorer.release()
-        if preview is not None:
-            preview.close()
+        preview.close()
     return ScoreReport(
-        rows=tuple(scorer.rows), details={"seconds": round(time.perf_counter() - started, 2)}
+        rows=tuple(scorer.rows),
+        details={"seconds": round(time.perf_counter() - started, 2)},
+        answers=tuple(scorer.answers),
     )
 
 
@@ -435,7 +538,6 @@ def run_sweep(
     *,
     store: ResultStore | None = None,
     progress: Progress | None = None,
-    cancel: threading.Event | None = None,
 ) -> ScoreReport:
     """Score the recipe at every value of the swept parameter, and its models as references."""
     from studio.merging.preview import LivePreview
@@ -446,7 +548,12 @@ def run_sweep(
     points = [
         (
             value,
-            with_parameter(base_recipe, request.parameter, value, model_index=request.model_index),
+            scored_recipe(
+                with_parameter(
+                    base_recipe, request.parameter, value, model_index=request.model_index
+                ),
+                request.dtype,
+            ),
         )
         for value in request.values
     ]
@@ -455,7 +562,6 @@ def run_sweep(
         request,
         store=store,
         progress=progress,
-        cancel=cancel,
         points=len(points) + len(parents),
     )
     preview = LivePreview(seed=SWEEP_SEED)
@@ -467,6 +573,7 @@ def run_sweep(
                 value=value,
                 fingerprint=recipe_fingerprint(recipe, seed=SWEEP_SEED),
                 engine=lambda recipe=recipe: preview.merge(recipe)[0],
+                recipe=recipe,
             )
         preview.close()  # the parents are scored one at a time, without the merger's memory
         for folder in parents:
@@ -489,6 +596,7 @@ def run_sweep(
             "recipe": recipe_to_yaml(base_recipe),
             "method": base_recipe.method,
         },
+        answers=tuple(scorer.answers),
     )
 
 

@@ -16,6 +16,10 @@ follows lm-eval-harness's default template for that task (so a model scores the 
 - mmlu:      question, choices, answer (index or letter); subject optional -> choices A-D
 - text:      text (JSONL/Parquet/CSV), or a .txt file split into paragraphs at blank lines
 - prompt_reference: prompt, reference (the reference's perplexity given the prompt)
+- chat_qa:   question, answer (text), aliases (optional list; in CSV JSON text, or several
+             answers split by "|") -> the question asked in the model's chat template, the
+             reply scored against the answer (studio.evaluation.chat_qa). Detected from
+             question + answer when the row has no options / choices column.
 
 Tests: `.venv/bin/python -m pytest -q tests/test_evaluation_tasks.py`.
 """
@@ -29,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from studio.evaluation.tasks import ChoiceItem, TaskError, TextItem
+from studio.evaluation.tasks import ChoiceItem, QAItem, TaskError, TaskItems, TextItem
 
 LETTERS = string.ascii_uppercase
 
@@ -48,6 +52,7 @@ REQUIRED: dict[str, tuple[tuple[str, ...], ...]] = {
     "mmlu": (("question",), ("choices",), ("answer",)),
     "text": (("text",),),
     "prompt_reference": (("prompt",), ("reference",)),
+    "chat_qa": (("question",), ("answer",)),
 }
 
 
@@ -63,6 +68,8 @@ def detect_format(row: Mapping[str, Any], source: Path) -> str:
         ("hellaswag", {"endings"}),
         ("mmlu", {"question", "choices"}),
         ("studio", {"question", "options"}),
+        # After every layout with options/choices: question + answer alone is a chat question.
+        ("chat_qa", {"question", "answer"}),
         ("prompt_reference", {"prompt", "reference"}),
         ("text", {"text"}),
     ]
@@ -72,14 +79,13 @@ def detect_format(row: Mapping[str, Any], source: Path) -> str:
     shown = ", ".join(sorted(cols)[:12]) or "none"
     raise TaskError(
         f"cannot tell the format of {source.name} from its columns ({shown}); pass format= one "
-        "of studio, medmcqa, medqa, pubmedqa, arc, hellaswag, mmlu, text, prompt_reference, or "
-        "write the studio format: question, options, answer"
+        "of studio, medmcqa, medqa, pubmedqa, arc, hellaswag, mmlu, text, prompt_reference, "
+        "chat_qa, or write the studio format: question, options, answer (or question, answer "
+        "for chat QA)"
     )
 
 
-def parse_rows(
-    fmt: str, rows: Sequence[tuple[str, Mapping[str, Any]]], source: Path
-) -> tuple[ChoiceItem, ...] | tuple[TextItem, ...]:
+def parse_rows(fmt: str, rows: Sequence[tuple[str, Mapping[str, Any]]], source: Path) -> TaskItems:
     """Items from (where, row) pairs; TaskError naming the file, line and missing column."""
     builder = _BUILDERS[fmt]
     items = []
@@ -297,7 +303,33 @@ def _prompt_reference(item_id: str, row: Mapping[str, Any]) -> TextItem:
     return TextItem(item_id, str(row["prompt"]), str(row["reference"]))
 
 
-_BUILDERS: dict[str, Callable[[str, Mapping[str, Any]], ChoiceItem | TextItem]] = {
+def _chat_qa(item_id: str, row: Mapping[str, Any]) -> QAItem:
+    from studio.evaluation.chat_qa import normalize_answer
+
+    question = str(row["question"]).strip()
+    answer = str(row["answer"]).strip()
+    raw = row.get("aliases")
+    aliases: list[Any] = []
+    if _present(raw):
+        # CSV: JSON text ('["a", "b"]') or answers split by "|"; JSON/Parquet: a list.
+        if isinstance(raw, str) and not raw.lstrip().startswith("["):
+            aliases = raw.split("|")
+        else:
+            aliases = _as_list(raw, "aliases")
+    texts = tuple(str(a).strip() for a in aliases)
+    for column, value in (("question", question), ("answer", answer)):
+        if not value:
+            raise _RowProblem(f"column '{column}' is empty; give it text")
+    for column, value in (("answer", answer), *(("aliases", a) for a in texts)):
+        if not normalize_answer(value):
+            raise _RowProblem(
+                f"column '{column}' holds {value!r}, which has no letters or digits to look for "
+                "in a reply; give a word or a number"
+            )
+    return QAItem(item_id, question, answer, tuple(dict.fromkeys(t for t in texts if t != answer)))
+
+
+_BUILDERS: dict[str, Callable[[str, Mapping[str, Any]], ChoiceItem | TextItem | QAItem]] = {
     "studio": _studio,
     "medmcqa": _medmcqa,
     "medqa": _medqa,
@@ -307,4 +339,5 @@ _BUILDERS: dict[str, Callable[[str, Mapping[str, Any]], ChoiceItem | TextItem]] 
     "mmlu": _mmlu,
     "text": _text,
     "prompt_reference": _prompt_reference,
+    "chat_qa": _chat_qa,
 }

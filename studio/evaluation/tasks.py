@@ -1,10 +1,12 @@
-"""Evaluation tasks from local files: multiple-choice benchmarks and perplexity corpora.
+"""Evaluation tasks from local files: multiple-choice benchmarks, perplexity corpora, chat QA.
 
 A task file is JSONL, Parquet, CSV (or .txt for a plain corpus) in one of the column layouts the
 datasets use on the Hugging Face Hub, or in the studio's own simple format. The format is
 detected from the columns of the first row unless named; `studio.evaluation.task_formats`
-turns each row into a `ChoiceItem` (multiple choice) or a `TextItem` (perplexity) and names the
-missing column and the line when a row is mis-shaped.
+turns each row into a `ChoiceItem` (multiple choice), a `TextItem` (perplexity) or a `QAItem`
+(chat QA: a question the model answers in its chat template, scored against the reference
+answer and its aliases; studio.evaluation.chat_qa) and names the missing column and the line
+when a row is mis-shaped.
 
 Prompt conventions (what `ChoiceItem.query` holds) follow lm-eval-harness's default task
 templates so scores are comparable: the query never ends in whitespace, and each choice is
@@ -18,7 +20,7 @@ itself, the same choice as lm-eval's `first_n` sampler when the few-shot split i
 
     task = load_task("/data/medmcqa_dev.parquet")          # format auto-detected
     task = load_task("mmlu_test.jsonl", subject="anatomy")  # one MMLU subject
-    demo_task_paths()["general_mc"]
+    demo_task_paths()["domain_chat_qa"]                   # the demo zoo's evaluation sets
 
 Tests: `.venv/bin/python -m pytest -q tests/test_evaluation_tasks.py`.
 """
@@ -39,7 +41,7 @@ from studio.errors import StudioError
 
 LOG = logging.getLogger(__name__)
 
-TaskKind: TypeAlias = Literal["multiple_choice", "perplexity"]
+TaskKind: TypeAlias = Literal["multiple_choice", "perplexity", "chat_qa"]
 
 TASK_FORMATS: tuple[str, ...] = (
     "studio",
@@ -51,13 +53,17 @@ TASK_FORMATS: tuple[str, ...] = (
     "mmlu",
     "text",
     "prompt_reference",
+    "chat_qa",
 )
 FILE_SUFFIXES: tuple[str, ...] = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 TARGET_DELIMITER = " "  # between query and choice (lm-eval's target_delimiter)
 FEWSHOT_DELIMITER = "\n\n"  # between few-shot examples (lm-eval's fewshot_delimiter)
 
 HUB_PREFIX = "hub:"  # hub:ORG/NAME[:CONFIG][@SPLIT] reads a task from the Hub
-ASSETS_TASKS = Path(__file__).resolve().parents[2] / "assets" / "tasks"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+# The demo domain's held-out sets (pipelines/demo_domain.py), which the starter zoo is scored
+# on, then the small hand-written clinic tasks.
+DEMO_TASK_FOLDERS = (ASSETS / "demo_domain" / "eval", ASSETS / "tasks")
 
 
 class TaskError(StudioError):
@@ -93,6 +99,31 @@ class TextItem:
 
 
 @dataclass(frozen=True)
+class QAItem:
+    """A chat-QA item: `question` asked as one user turn; the reply is right when it holds
+    `answer` or one of `aliases` (normalised, as whole words: studio.evaluation.chat_qa)."""
+
+    id: str
+    question: str
+    answer: str
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The answer and its aliases: any of them counts."""
+        return (self.answer, *self.aliases)
+
+
+TaskItems: TypeAlias = tuple[ChoiceItem, ...] | tuple[TextItem, ...] | tuple[QAItem, ...]
+
+_KINDS: dict[str, TaskKind] = {
+    "text": "perplexity",
+    "prompt_reference": "perplexity",
+    "chat_qa": "chat_qa",
+}  # every other format is multiple choice
+
+
+@dataclass(frozen=True)
 class Task:
     """A named list of items of one kind, read from `source`."""
 
@@ -100,7 +131,7 @@ class Task:
     kind: TaskKind
     format: str
     source: str
-    items: tuple[ChoiceItem, ...] | tuple[TextItem, ...]
+    items: TaskItems
     fewshot_items: tuple[ChoiceItem, ...] = ()
 
     @property
@@ -148,7 +179,9 @@ def load_task(
         )
     if str(path).startswith(HUB_PREFIX):
         return _load_hub_task(str(path), format=format, name=name, subject=subject)
-    source = Path(path).expanduser().resolve()
+    from studio.confine import confine_path
+
+    source = confine_path(path, what="task file").resolve()  # only under the studio's roots
     if not source.is_file():
         raise TaskError(f"task file {source} does not exist; choose a JSONL, Parquet, CSV or .txt")
     if source.suffix == ".txt":
@@ -186,7 +219,7 @@ def _task_from_rows(
 
 
 def _task(items: tuple[Any, ...], chosen: str, source: str, label: str) -> Task:
-    kind: TaskKind = "perplexity" if chosen in ("text", "prompt_reference") else "multiple_choice"
+    kind = _KINDS.get(chosen, "multiple_choice")
     LOG.info("loaded task %s: %d %s items (%s)", label, len(items), kind, chosen)
     return Task(
         name=label,
@@ -245,14 +278,20 @@ def _load_hub_task(
 
 
 def demo_task_paths() -> dict[str, Path]:
-    """The studio's own demo tasks: name -> file under assets/tasks/ (those that exist)."""
-    if not ASSETS_TASKS.is_dir():
-        return {}
+    """The studio's own demo tasks: name -> file, the demo domain's evaluation sets first."""
     return {
         path.stem: path
-        for path in sorted(ASSETS_TASKS.iterdir())
+        for folder in DEMO_TASK_FOLDERS
+        if folder.is_dir()
+        for path in sorted(folder.iterdir())
         if path.suffix in FILE_SUFFIXES and path.is_file()
     }
+
+
+def preselected_demo_tasks() -> list[Path]:
+    """What the Score tab and `python -m studio score` use by default: the demo domain's sets
+    (written with the starter zoo's vocabulary; the clinic tasks are English prose)."""
+    return [p for p in demo_task_paths().values() if p.parent == DEMO_TASK_FOLDERS[0]]
 
 
 # -- reading rows -----------------------------------------------------------------------------

@@ -6,7 +6,9 @@ memory it will need before it loads (so the pool can make room), then:
 
 - `stream(prompt, settings)` yields `GenerationChunk`s, the last carrying a `GenerationResult`
   (text, tokens, tokens/s, stop reason "eos" | "length" | "stop" | "cancelled", repetition);
-  `generate` is the same without streaming;
+  `generate` is the same without streaming; `generate_batch` runs many prompts greedily at
+  once (left-padded batches in transformers, one submission of every prompt in vLLM) and
+  returns what `generate` would return for each, one by one;
 - `score_loglikelihood(context, continuation)` sums the continuation's token log-probs given
   the context (lm-eval's convention for splitting the tokens);
 - `replace_weights(named_tensors)` writes new tensors into the loaded model in place (the live
@@ -231,6 +233,16 @@ class InferenceEngine(Protocol):
         add_special_tokens: bool = True,
         cancel: threading.Event | None = None,
     ) -> GenerationResult: ...
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        *,
+        add_special_tokens: bool = True,
+        batch_size: int = 8,
+        cancel: threading.Event | None = None,
+    ) -> list[GenerationResult]: ...  # greedy only: GenerationError unless temperature is 0
 
     def score_loglikelihood(self, context: str, continuation: str) -> LogLikelihood: ...
 

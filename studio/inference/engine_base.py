@@ -2,7 +2,8 @@
 
 The transformers engine (studio/inference/transformers_engine.py) and the vLLM engine
 (studio/inference/vllm_engine.py) both inherit it. Encoding a prompt, the prompt-length check,
-the EOS set, the pad token and lm-eval's split of a (context, continuation) pair all live here
+the EOS set, the pad token and lm-eval's split of a (context, continuation) pair (the module
+functions `encode_pair` / `fit_pair`, which studio.evaluation.loglikelihood uses too) live here
 once, which is what lets tests/test_vllm_engine.py assert that the two engines give the same
 tokens, replies and scores. Also shared: the safetensors-only check before a load, the
 "not loaded" error and the name/shape check of a pushed tensor.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,22 @@ class TokenizedEngine:
             started=started,
         )
 
+    def _prepare_batch(
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        add_special_tokens: bool,
+        cancel: threading.Event | None,
+    ) -> list[Reply]:
+        """One `Reply` per prompt for `generate_batch`: greedy only, so a batch gives each prompt
+        exactly what `generate` gives it alone (sampling would depend on the batch's order)."""
+        if not settings.greedy:
+            raise GenerationError(
+                f"batched generation is greedy only but temperature is {settings.temperature}; "
+                "set temperature to 0, or generate one prompt at a time"
+            )
+        return [self._prepare(p, settings, add_special_tokens, cancel) for p in prompts]
+
     def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
         with self._tokenizer_lock:
             return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
@@ -148,38 +165,25 @@ class TokenizedEngine:
     # -- scoring ------------------------------------------------------------------------------
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """(context ids, continuation ids) split as lm-eval does: encode the whole, cut at the context."""
+        """(context ids, continuation ids) split as lm-eval does (`encode_pair`), the context
+        cut from the left to fit `max_length` (`fit_pair`)."""
         if not continuation:
             raise GenerationError(
                 "the continuation to score is empty; give the text whose likelihood you want"
             )
-        # lm-eval moves the context's trailing whitespace into the continuation.
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self._encode(context + continuation, True)
-        context_ids = self._encode(context, True)
-        continuation_ids = whole[len(context_ids) :]
+        with self._tokenizer_lock:
+            context_ids, continuation_ids = encode_pair(self.tokenizer, context, continuation)
+        if not context_ids:  # a whitespace-only context: the first token needs a condition
+            context_ids = [prefix_token_id(self.tokenizer)]
         if not continuation_ids:
             raise GenerationError(
                 f"the continuation {continuation!r} encodes to no tokens; give longer text"
             )
-        if not context_ids:
-            # The first continuation token needs something to be conditioned on.
-            prefix = self.tokenizer.bos_token_id
-            prefix = self.tokenizer.eos_token_id if prefix is None else prefix
-            context_ids = [int(prefix)]
         limit = self.max_length
-        # The context holds at least the prefix token, so a continuation of `limit` tokens fits.
-        if limit is not None and len(continuation_ids) > limit:
-            raise GenerationError(
-                f"the continuation is {len(continuation_ids)} tokens but model '{self.spec.name}' "
-                f"reads at most {limit}; score shorter text"
+        if limit is not None:  # keep the end of a pair longer than the model reads
+            context_ids = fit_pair(
+                context_ids, continuation_ids, limit, label=f"model '{self.spec.name}'"
             )
-        if limit is not None and len(context_ids) + len(continuation_ids) - 1 > limit:
-            context_ids = context_ids[
-                len(context_ids) + len(continuation_ids) - 1 - limit :
-            ]  # keep the end
         return context_ids, continuation_ids
 
     # -- live weights -------------------------------------------------------------------------
@@ -199,3 +203,61 @@ class TokenizedEngine:
                 f"the new one has {tuple(tensor.shape)}; merge models of the same shape"
             )
         return target
+
+
+# -- lm-eval's token split (one copy: the engines and studio.evaluation.loglikelihood use it) ----
+
+
+def prefix_token_id(tokenizer: Any) -> int:
+    """The token an empty context becomes: BOS, else EOS (lm-eval's prefix_token_id)."""
+    token = tokenizer.bos_token_id
+    token = tokenizer.eos_token_id if token is None else token
+    if token is None:
+        raise GenerationError(
+            "the model's tokenizer has neither a BOS nor an EOS token to start from"
+        )
+    return int(token)
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """The tokenizer's own encoding (special tokens as it adds them; none if the text has BOS)."""
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos):
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text)["input_ids"])
+
+
+def encode_pair(
+    tokenizer: Any, context: str, continuation: str, *, context_ids: list[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) as lm-eval splits them.
+
+    A context's trailing whitespace moves into the continuation, the pair is encoded whole and
+    cut at the context's own encoding (`HFLM._encode_pair`); an empty context becomes the
+    prefix token (BOS, else EOS). `context_ids`: `encode(tokenizer, context.rstrip())` when
+    the caller already has it (one encoding of a long few-shot context serves all its choices).
+    """
+    if not context:
+        return [prefix_token_id(tokenizer)], encode(tokenizer, continuation)
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = encode(tokenizer, context + continuation)
+    if context_ids is None:
+        context_ids = encode(tokenizer, context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def fit_pair(
+    context_ids: list[int], continuation_ids: list[int], max_length: int, *, label: str
+) -> list[int]:
+    """The context, cut from the left so context + continuation - 1 fits (lm-eval's rule)."""
+    if not continuation_ids:
+        raise GenerationError(f"{label}: the text to score encodes to no tokens; give longer text")
+    if len(continuation_ids) > max_length:
+        raise GenerationError(
+            f"{label}: the continuation is {len(continuation_ids)} tokens but the model reads "
+            f"{max_length}; shorten it or raise max_length"
+        )
+    keep = max_length + 1 - len(continuation_ids)
+    return context_ids[-keep:]

@@ -12,6 +12,10 @@ Generation runs `model.generate` with three studio hooks:
   from one interleaved stream; a generator per request makes "same seed -> same reply" hold
   under concurrency.
 
+`generate_batch` (greedy only; chat-QA scoring) runs many prompts through one left-padded
+`generate` call per batch, with a per-row stopping criterion for stop strings and each row's
+own token limit; each reply equals what `generate` gives that prompt alone.
+
 One lock per engine serialises generation, scoring, weight replacement and unload: weights
 written in place must never change in the middle of a reply, and on a CPU two forward passes
 only compete for the same cores. Different models run in parallel.
@@ -246,6 +250,67 @@ class TransformersEngine(TokenizedEngine):
             )
         new_ids = output[0, len(reply.prompt_ids) :].tolist()
         return reply.finish(new_ids, clock.times, engine=self.engine_name)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        *,
+        add_special_tokens: bool = True,
+        batch_size: int = 8,
+        cancel: threading.Event | None = None,
+    ) -> list[GenerationResult]:
+        """Greedy replies to many prompts, `batch_size` prompts per left-padded `generate` call.
+
+        Each result equals `generate(prompt, settings)` alone (tests/test_chat_qa.py checks it
+        in fp32): left padding with an attention mask keeps every row's positions and
+        attention its own, and greedy decoding needs no random draws. A row that has stopped
+        (EOS, a stop string) is padded by `generate` until the longest row ends; its padding is
+        cut off before `Reply.finish`.
+        """
+        replies = self._prepare_batch(prompts, settings, add_special_tokens, cancel)
+        # Similar lengths in one batch keep padding small; results go back in prompt order.
+        order = sorted(range(len(replies)), key=lambda i: -len(replies[i].prompt_ids))
+        results: dict[int, GenerationResult] = {}
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            for i, result in zip(batch, self._run_batch([replies[i] for i in batch]), strict=True):
+                results[i] = result
+        return [results[i] for i in range(len(replies))]
+
+    def _run_batch(self, replies: Sequence[Reply]) -> list[GenerationResult]:
+        first = replies[0]  # every reply shares the settings, EOS set and pad id
+        width = max(len(r.prompt_ids) for r in replies)
+        stops = _BatchStop(replies, width)
+        with self._lock:
+            model = self._require_model()
+            ids = torch.full((len(replies), width), first.pad_id, dtype=torch.long)  # (B, T)
+            mask = torch.zeros_like(ids)
+            for b, reply in enumerate(replies):
+                ids[b, width - len(reply.prompt_ids) :] = torch.tensor(reply.prompt_ids)
+                mask[b, width - len(reply.prompt_ids) :] = 1
+            output = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                max_new_tokens=max(r.max_new_tokens for r in replies),
+                do_sample=False,  # greedy (_prepare_batch refuses anything else)
+                temperature=1.0,
+                top_p=1.0,
+                top_k=50,
+                repetition_penalty=first.settings.repetition_penalty,
+                eos_token_id=sorted(first.eos_ids),
+                pad_token_id=first.pad_id,
+                stopping_criteria=StoppingCriteriaList([stops]),
+            )  # (B, T + new)
+        finished = time.perf_counter()
+        out = []
+        for b, reply in enumerate(replies):
+            new_ids = output[b, width:].tolist()[: stops.ended[b] or reply.max_new_tokens]
+            # Up to and including the first EOS: what `generate` alone would have returned.
+            end = next((k + 1 for k, t in enumerate(new_ids) if t in reply.eos_ids), len(new_ids))
+            new_ids = new_ids[: min(end, reply.max_new_tokens)]
+            out.append(reply.finish(new_ids, [finished] * len(new_ids), engine=self.engine_name))
+        return out
 
     # -- scoring ------------------------------------------------------------------------------
 
@@ -503,6 +568,36 @@ class _StopCheck(StoppingCriteria):
             new = input_ids[0, len(self._reply.prompt_ids) :][-self._window :].tolist()
             stop = first_stop(self._reply.decode(new), self._reply.settings.stop) is not None
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+class _BatchStop(StoppingCriteria):
+    """Per-row stop strings and cancel for `generate_batch`; `ended[b]` is the count of new
+    tokens row b had when its stop string appeared (None: it ran on)."""
+
+    def __init__(self, replies: Sequence[Reply], width: int) -> None:
+        self._replies = replies
+        self._width = width
+        self.ended: list[int | None] = [None] * len(replies)
+        stops = replies[0].settings.stop
+        self._window = max((len(s) for s in stops), default=0) + _STOP_WINDOW_TOKENS
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        done = torch.zeros((input_ids.shape[0],), dtype=torch.bool, device=input_ids.device)
+        if any(reply.should_cancel() for reply in self._replies):
+            for reply in self._replies:
+                reply.cancelled = True
+            return ~done
+        stops = self._replies[0].settings.stop
+        for b, reply in enumerate(self._replies):
+            new = input_ids[b, self._width :]
+            if self.ended[b] is None and len(new) >= reply.max_new_tokens:
+                self.ended[b] = reply.max_new_tokens  # this row's own limit (a long prompt)
+            elif self.ended[b] is None and stops:
+                tail = new[-self._window :].tolist()
+                if first_stop(reply.decode(tail), stops) is not None:
+                    self.ended[b] = len(new)
+            done[b] = self.ended[b] is not None
+        return done
 
 
 class _SeededSampler(LogitsProcessor):

@@ -12,6 +12,8 @@ How each protocol call maps onto vLLM:
   (the streamed text is assembled and finished by studio.inference.replies, as in the
   transformers engine);
   cancel and an abandoned stream abort the request at the next step;
+- generate_batch: every prompt submitted at once (vLLM's scheduler batches them), each
+  finished like `generate`'s reply; greedy only, as in the transformers engine;
 - score_loglikelihood(s): `prompt_logprobs=0` over context + continuation (the token split is
   `TokenizedEngine._encode_pair`, lm-eval's convention, shared with the transformers engine),
   summed over the continuation; `rank == 1` says the token was the argmax. vLLM takes a prompt
@@ -358,6 +360,38 @@ class VLLMEngine(TokenizedEngine):
                 driver.abort(submission.request_id)
             reply.abandoned.set()
 
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        settings: GenerationSettings,
+        *,
+        add_special_tokens: bool = True,
+        batch_size: int = 8,
+        cancel: threading.Event | None = None,
+    ) -> list[GenerationResult]:
+        """Greedy replies to many prompts, all submitted at once (vLLM's scheduler batches
+        them; `batch_size` is for the transformers engine and is not used here). Each result
+        equals `generate(prompt, settings)` alone; cancel aborts every unfinished request."""
+        replies = self._prepare_batch(prompts, settings, add_special_tokens, cancel)
+        loaded = self._require_model()
+        submissions = [
+            loaded.driver.submit(reply.prompt_ids, _sampling_params(reply)) for reply in replies
+        ]
+        results: list[GenerationResult] = []
+        finished: set[int] = set()
+        try:
+            for i, (reply, submission) in enumerate(zip(replies, submissions, strict=True)):
+                output, at = _final_output(submission, reply)
+                if output is not None and output.finished:
+                    finished.add(i)
+                ids = list(output.outputs[0].token_ids) if output is not None else []
+                results.append(reply.finish(ids, [at] * len(ids), engine=self.engine_name))
+        finally:
+            for i, submission in enumerate(submissions):  # cancelled or failed: drop the rest
+                if i not in finished:
+                    loaded.driver.abort(submission.request_id)
+        return results
+
     # -- scoring ------------------------------------------------------------------------------
 
     def score_loglikelihood(self, context: str, continuation: str) -> LogLikelihood:
@@ -526,14 +560,24 @@ def _sampling_params(reply: Reply) -> Any:
     )
 
 
-def _final_output(submission: Submission) -> Any:
+def _final_output(submission: Submission, reply: Reply | None = None) -> Any:
+    """The finished output; with `reply`, (output, time) and (last output or None, now) once
+    the reply is cancelled."""
+    last: tuple[Any, float] | None = None
     while True:
-        delivery = submission.outputs.get()
+        if reply is not None and reply.should_cancel():
+            reply.cancelled = True
+            return last if last is not None else (None, time.perf_counter())
+        try:
+            delivery = submission.outputs.get(timeout=_POLL_S if reply is not None else None)
+        except queue.Empty:
+            continue
         if isinstance(delivery, BaseException):
             raise delivery
-        output, _ = delivery
+        output, at = delivery
         if output.finished:
-            return output
+            return output if reply is None else (output, at)
+        last = (output, at)
 
 
 def _describe(engine: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, TextIO
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from studio.errors import StudioError
+from studio.jobs.faults import disk_full_detail
 
 LOG = logging.getLogger(__name__)
 
@@ -96,7 +97,14 @@ class EventWriter:
 def report_failure(events: EventWriter | None, what: str, error: BaseException) -> int:
     """A worker's last word on a failure: log it, write one error event with a sentence for the
     user (a StudioError's own message; anything else named by its type), return exit status 1."""
-    if isinstance(error, StudioError):
+    full = disk_full_detail(error)
+    if full is not None:  # not a bug and not the user's input: the machine ran out of room
+        LOG.error("%s failed: disk full (%s)", what, error)
+        message = (
+            f"{what} ran out of disk space while writing its output ({full}); its partial output "
+            "was removed and earlier outputs are untouched: free some space and start it again"
+        )
+    elif isinstance(error, StudioError):
         LOG.error("%s failed: %s", what, error)
         message = str(error)
     else:  # a bug, not the user's fault: the traceback goes to the job's log

@@ -18,6 +18,7 @@ finished its output and said so).
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -489,13 +490,17 @@ def _remove_temp(record: JobRecord) -> None:
     if not record.temp_path:
         return
     temp = Path(record.temp_path)
-    # Never remove the output itself, whatever a caller passed.
-    if record.output_path and temp == Path(record.output_path):
-        return
-    if temp.is_dir():
-        shutil.rmtree(temp, ignore_errors=True)
-    elif temp.exists():
-        temp.unlink(missing_ok=True)
+    # A pattern ("<run>/step-*.partial") names every half-written folder of a worker that
+    # writes several (a training run's checkpoints); a plain path names one.
+    matches = sorted(temp.parent.glob(temp.name)) if glob.has_magic(temp.name) else [temp]
+    for path in matches:
+        # Never remove the output itself, whatever a caller passed.
+        if record.output_path and path == Path(record.output_path):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists():
+            path.unlink(missing_ok=True)
 
 
 def _signal_name(number: int) -> str:

@@ -54,7 +54,9 @@ class JobRecord(BaseModel, frozen=True):
     progress_total: int | None
     message: str = Field(description="the worker's latest progress or log message")
     output_path: str | None
-    temp_path: str | None = Field(description="removed when the job does not succeed")
+    temp_path: str | None = Field(
+        description="removed when the job does not succeed (a glob pattern removes every match)"
+    )
     error: str | None
     job_dir: str = Field(description="holds events.jsonl, worker.log and the job's inputs")
     owner: str | None = None

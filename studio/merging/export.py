@@ -43,6 +43,7 @@ from mergekit.tokenizer import TokenizerInfo
 from pydantic import ValidationError
 
 from studio.catalog import check_compatibility, inspect_model
+from studio.confine import confine_path
 from studio.errors import JobError, ModelError, RecipeError
 from studio.jobs import JobRecord, JobRunner, get_runner, new_job_id
 from studio.merging.card import build_model_card, parent_models
@@ -323,6 +324,10 @@ def check_recipe_models(recipe: MergeRecipe, settings: StudioSettings) -> None:
     paths = [m.path for m in recipe.models]
     roles = ["cpt", "chat"] if len(paths) == 2 else [f"model {i + 1}" for i in range(len(paths))]
     named = dict(zip(roles, paths, strict=True)) | ({"base": recipe.base} if recipe.base else {})
+    source = recipe.tokenizer_source
+    for role, path in [*named.items(), ("tokenizer source", source or "")]:
+        if os.path.isabs(path):  # local folders only: a Hub id is not a path
+            confine_path(path, settings=settings, what=f"{role} folder")
     infos = {
         role: inspect_model(path, settings=settings)
         for role, path in named.items()
@@ -330,7 +335,6 @@ def check_recipe_models(recipe: MergeRecipe, settings: StudioSettings) -> None:
     }
     if len(infos) < 2:
         return
-    source = recipe.tokenizer_source
     roles_by_path = {path: role for role, path in named.items()}
     report = check_compatibility(
         infos, method=recipe.method, tokenizer_source=roles_by_path.get(source or "", source)
@@ -350,7 +354,7 @@ def _output_folder(
     recipe: MergeRecipe, out_dir: str | Path | None, settings: StudioSettings
 ) -> Path:
     if out_dir is not None and str(out_dir).strip():
-        return Path(out_dir).expanduser().absolute()
+        return confine_path(str(out_dir), settings=settings, what="output folder")
     stem = f"{recipe.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate = settings.merges_dir / stem
     counter = 2

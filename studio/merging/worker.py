@@ -5,7 +5,9 @@
 
 Started by the job runner (studio.jobs), never by hand in normal use. Progress goes to the
 events file; a failure becomes an error event with a sentence for the user and exit code 1;
-stdout/stderr (mergekit's logging) go to the job's log file.
+stdout/stderr (mergekit's logging) go to the job's log file. A full disk ends as a sentence
+saying so (studio.jobs.events.report_failure); tests provoke one, and a slow merge to kill
+half-way, through the variables of studio.jobs.faults.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from studio.jobs.events import EventWriter, report_failure
+from studio.jobs.faults import apply_worker_limits, slowed
 
 LOG = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_worker_limits()  # fault injection for tests; a no-op unless its variables are set
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -49,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config_yaml,
                 Path(args.out),
                 temp_dir=Path(args.temp) if args.temp else None,
-                on_progress=events.progress,
+                on_progress=slowed(events.progress),
                 random_seed=args.random_seed,
                 device=args.device,
             )

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, TypeAlias
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from studio.confine import check_path_text
 from studio.errors import StudioError, first_problem
 
 LOG = logging.getLogger(__name__)
@@ -137,6 +138,26 @@ class Optim(_Frozen):
     grad_clip: float | None = Field(default=1.0, description="max grad norm; None: no clipping")
 
 
+LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraSettings(_Frozen):
+    """Train a low-rank adapter (peft LoRA) instead of every weight.
+
+    Checkpoints then hold the merged weights (a normal model the studio can chat with, score
+    and merge) plus the adapter alone in `adapter/`, small enough to ship.
+    """
+
+    rank: int = Field(default=16, ge=1, description="LoRA rank r")
+    alpha: float = Field(default=32.0, gt=0, description="scale = alpha / rank")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LINEAR_MODULES),
+        min_length=1,
+        description="names of the linear layers that get an adapter (Llama naming)",
+    )
+
+
 class TrainRunConfig(_Frozen):
     """What every training run has, whatever its data."""
 
@@ -168,6 +189,9 @@ class TrainRunConfig(_Frozen):
         default=1,
         ge=1,
         description="newest checkpoints that keep their optimizer state (older: weights only)",
+    )
+    lora: LoraSettings | None = Field(
+        default=None, description="train a LoRA adapter instead of every weight (one process)"
     )
     register_checkpoints: bool | None = Field(
         default=None,
@@ -231,7 +255,7 @@ def load_train_config(source: str | Path) -> CPTConfig | SFTConfig:
     """Read a config from a YAML file path (or YAML text containing a newline)."""
     text = str(source)
     if "\n" not in text:
-        path = Path(text).expanduser()
+        path = Path(check_path_text(text, what="training config file")).expanduser()
         if not path.is_file():
             raise TrainConfigError(f"training config file {path} does not exist")
         text = path.read_text(encoding="utf-8")

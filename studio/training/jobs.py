@@ -15,6 +15,11 @@ comes from two files: the runner's events (step/total, ETA) and the run's metric
 polls after every step: it saves a checkpoint and exits 0, so the job ends SUCCEEDED and
 `TrainStatus.phase` says "stopped" (the runner's cancel, by contrast, kills the process group
 after 3 s and saves nothing).
+
+Every path a config names (model, data, output_dir, resume) must lie under the studio's roots
+(studio.confine). A run killed from outside (SIGKILL, out of memory) ends FAILED with the
+reason; its half-written `step-*.partial` checkpoint is removed and resume_train_job continues
+from the newest complete one.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from studio.confine import check_path_text, confine_path
 from studio.errors import JobError, ModelError
 from studio.jobs.runner import JobRunner, JobStatus, get_runner
 from studio.jobs.store import ACTIVE_STATES, JobRecord, JobState, new_job_id
 from studio.settings import StudioSettings, load_settings
 from studio.training.checkpoints import (
+    CHECKPOINT_PREFIX,
     RUN_CONFIG_FILE,
     RUN_LOG_FILE,
     CheckpointInfo,
@@ -66,6 +73,7 @@ LOG = logging.getLogger(__name__)
 
 JOB_KIND = "train"
 JOB_INFO_FILE = "train.json"
+PARTIAL_SUFFIX = ".partial"  # pipelines/cpt.py writes step-N.partial, then renames it
 HISTORY_LIMIT = 2000  # step points returned for charts (evenly thinned beyond this)
 
 Phase = Literal[
@@ -152,7 +160,7 @@ def resolve_train_model(ref: str, settings: StudioSettings | None = None) -> Pat
     """The folder of `ref`: a model folder (a step checkpoint included) or a catalog name."""
     path = Path(ref).expanduser()
     if (path / "config.json").is_file():
-        return path.resolve()
+        return confine_path(path, settings=settings, what="model").resolve()
     from studio.catalog.registry import find_model
 
     try:
@@ -200,6 +208,7 @@ def start_train_job(
     if not isinstance(config, CPTConfig | SFTConfig):
         config = load_train_config(config)
     config = resolve_paths(config)
+    confine_train_paths(config, settings)
     resolve_train_model(config.model, settings)
     _check_data_files(config)
     run_dir = Path(config.output_dir)
@@ -235,6 +244,8 @@ def start_train_job(
             module=command.module,
             args=list(command.args),
             output_path=str(run_dir),
+            # a checkpoint half-written when the run died; complete ones stay for resume
+            temp_path=str(run_dir / f"{CHECKPOINT_PREFIX}*{PARTIAL_SUFFIX}"),
             owner=owner,
             job_id=job_id,
         )
@@ -259,7 +270,7 @@ def resume_train_job(
     `max_steps` extends (or shortens) the run; the schedule is then laid over the new length
     (with wsd, a stable-phase checkpoint continues at the peak LR).
     """
-    config_path = Path(run_dir) / RUN_CONFIG_FILE
+    config_path = Path(check_path_text(str(run_dir), what="run folder")) / RUN_CONFIG_FILE
     if not config_path.is_file():
         raise TrainConfigError(f"{run_dir} is not a training run folder (no {RUN_CONFIG_FILE})")
     values = load_train_config(config_path).model_dump(mode="json")
@@ -382,14 +393,34 @@ def _job_info(record: JobRecord) -> TrainJobInfo:
     return TrainJobInfo.model_validate(json.loads(path.read_text(encoding="utf-8")))
 
 
-def _check_data_files(config: CPTConfig | SFTConfig) -> None:
+def confine_train_paths(config: CPTConfig | SFTConfig, settings: StudioSettings) -> None:
+    """Refuse a run whose output, model, resume checkpoint or data lie outside the roots.
+
+    `config` has absolute paths (resolve_paths); a model given as a catalog name is checked
+    by resolve_train_model once it is a folder.
+    """
+    confine_path(config.output_dir, settings=settings, what="output_dir")
+    if Path(config.model).is_absolute():
+        confine_path(config.model, settings=settings, what="model")
+    if config.resume not in (None, "latest"):
+        confine_path(config.resume, settings=settings, what="resume")
+    for field, name, paths in _data_groups(config):
+        for path in paths:
+            confine_path(path, settings=settings, what=f"{field} ({name}) file")
+
+
+def _data_groups(config: CPTConfig | SFTConfig) -> list[tuple[str, str, list[str]]]:
     if isinstance(config, CPTConfig):
-        groups = [("data.sources", s.name, s.paths) for s in config.data.sources]
-        groups += [("data.eval_sets", e.name, e.paths) for e in config.data.eval_sets]
+        groups = [("data.sources", s.name, list(s.paths)) for s in config.data.sources]
+        groups += [("data.eval_sets", e.name, list(e.paths)) for e in config.data.eval_sets]
     else:
-        groups = [("data.paths", "chat", config.data.paths)]
-        groups += [("data.eval_paths", "chat", config.data.eval_paths)]
-    for field, name, paths in groups:
+        groups = [("data.paths", "chat", list(config.data.paths))]
+        groups += [("data.eval_paths", "chat", list(config.data.eval_paths))]
+    return groups
+
+
+def _check_data_files(config: CPTConfig | SFTConfig) -> None:
+    for field, name, paths in _data_groups(config):
         for path in paths:
             if not Path(path).is_file():
                 raise TrainConfigError(f"{field} ({name}): file {path} does not exist")

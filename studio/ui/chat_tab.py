@@ -8,6 +8,10 @@ browser session in a gr.State. API (gradio_client), inputs in the order the hand
   titles (the model, or "Model A" in blind mode)
 - /chat_regenerate: the same without the message; /chat_stop and /chat_clear: no inputs
 - /chat_vote: "A" | "B" | "C" | "tie" | "all bad" -> the saved vote (models revealed)
+
+In the whole app the tab takes the session's `Selection` (common.py) when it is selected: the
+last finished merge in column 1 next to its CPT and chat parents, and a freshly read catalog
+in every model dropdown (a merge finished a minute ago is offered without a restart).
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ from studio.chat_session import (
 )
 from studio.inference import GenerationSettings, template_choices
 from studio.settings import StudioSettings
-from studio.ui.common import model_choices, refreshed_dropdown, starter_path, user_errors
+from studio.ui.common import (
+    carry_to_chat,
+    model_choices,
+    refreshed_dropdown,
+    starter_path,
+    user_errors,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -197,11 +207,21 @@ class ChatTab:
     vote_json: gr.JSON
 
 
-def build_chat_tab(settings: StudioSettings) -> ChatTab:
-    """The Chat tab (inside a gr.Blocks / gr.Tabs), laid out and wired."""
-    with gr.Tab("Chat", id="chat", elem_id="chat-tab"):
+def build_chat_tab(settings: StudioSettings, selection: gr.State | None = None) -> ChatTab:
+    """The Chat tab (inside a gr.Blocks / gr.Tabs), laid out and wired; with `selection`
+    (build_app's per-session Selection) its model columns follow the Merge tab."""
+    with gr.Tab("Chat", id="chat", elem_id="chat-tab") as block:
         tab = _layout(settings)
         _wire(tab, settings)
+        seen = gr.State(None)  # the Selection columns Chat last took (None: not yet)
+    if selection is not None:
+        block.select(
+            functools.partial(carry_to_chat, settings),
+            [selection, seen],
+            [*tab.models, seen],
+            api_visibility="private",
+            queue=False,
+        )
     return tab
 
 

@@ -1,8 +1,12 @@
-"""Jobs tab: history from SQLite, live progress, log tail, cancel; survives page reloads."""
+"""Jobs tab: history from SQLite, live progress, log tail, cancel; survives page reloads.
+
+With a login (STUDIO_AUTH or OAuth) each user's list, /jobs, /job_status and /job_cancel
+cover only the jobs that user started; another user's job id is refused in a sentence.
+API: /jobs (limit) -> list of statuses, /job_status (job id), /job_cancel (job id).
+"""
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -10,7 +14,7 @@ import gradio as gr
 
 from studio.jobs import JobStatus, get_runner
 from studio.settings import StudioSettings
-from studio.ui.common import progress_html, user_errors
+from studio.ui.common import bind_settings, own_job, progress_html, user_errors, visible_jobs
 
 LOG = logging.getLogger(__name__)
 
@@ -27,9 +31,10 @@ def status_dict(status: JobStatus) -> dict[str, Any]:
     }
 
 
-def job_rows(settings: StudioSettings) -> list[list[str]]:
+def job_rows(settings: StudioSettings, request: gr.Request | None = None) -> list[list[str]]:
+    """The table's rows: the caller's jobs (everyone's without a login), newest first."""
     rows = []
-    for s in get_runner(settings).list(limit=50):
+    for s in visible_jobs(settings, request):
         r = s.record
         progress = f"{r.progress_done}/{r.progress_total}" if r.progress_total else ""
         rows.append(
@@ -39,12 +44,19 @@ def job_rows(settings: StudioSettings) -> list[list[str]]:
 
 
 @user_errors
-def on_job_status(settings: StudioSettings, job_id: str) -> dict[str, Any]:
-    return status_dict(get_runner(settings).status(job_id.strip()))
+def on_job_status(
+    settings: StudioSettings, job_id: str, request: gr.Request | None = None
+) -> dict[str, Any]:
+    """A job's record, progress, ETA and log tail (API: /job_status)."""
+    return status_dict(own_job(settings, job_id, request))
 
 
 @user_errors
-def on_job_cancel(settings: StudioSettings, job_id: str) -> dict[str, Any]:
+def on_job_cancel(
+    settings: StudioSettings, job_id: str, request: gr.Request | None = None
+) -> dict[str, Any]:
+    """Cancel a job: its worker's process group is killed, partial output removed."""
+    own_job(settings, job_id, request)  # refuses another user's job before touching it
     return status_dict(get_runner(settings).cancel(job_id.strip()))
 
 
@@ -58,13 +70,10 @@ def detail(status: dict[str, Any]) -> tuple[str, str]:
 
 
 def build_jobs_tab(settings: StudioSettings) -> None:
-    bind = functools.partial
+    bind = bind_settings  # not functools.partial: handlers need their gr.Request
     with gr.Tab("Jobs", id="jobs", elem_id="jobs-tab"):
         list_jobs = bind(job_rows, settings)
-        # value=callable: re-read on every page load, so a reload shows running jobs again.
-        table = gr.Dataframe(
-            list_jobs, headers=JOB_HEADERS, label="Jobs (newest first)", interactive=False
-        )
+        table = gr.Dataframe(headers=JOB_HEADERS, label="Jobs (newest first)", interactive=False)
         with gr.Row():
             job_id = gr.Textbox(label="Job id", placeholder="click a row or paste an id")
             status_btn = gr.Button("Status")
@@ -93,8 +102,8 @@ def build_jobs_tab(settings: StudioSettings) -> None:
             bind(on_job_cancel, settings), [job_id], [status_json], api_name="job_cancel"
         ).success(detail, [status_json], [progress, log], api_visibility="private")
 
-        def jobs_api(limit: int = 50) -> list[dict]:
-            """Job history, newest first (API: /jobs)."""
-            return [status_dict(s) for s in get_runner(settings).list(limit=int(limit))]
+        def jobs_api(limit: int = 50, request: gr.Request | None = None) -> list[dict]:
+            """Job history, newest first: the caller's own jobs when login is on (API: /jobs)."""
+            return [status_dict(s) for s in visible_jobs(settings, request, limit=int(limit))]
 
         gr.api(jobs_api, api_name="jobs")

@@ -4,31 +4,44 @@ Sliders are rendered from the chosen method's `ParamSpec`s (`gr.render`), so a m
 adds appears with its parameters and no code here. Slider values live in a per-session
 `gr.State` ({"global": {...}, "models": {"cpt": {...}, "chat": {...}}}); the YAML preview and
 the Run button both go through `studio.forms.build_recipe`, the same function /recipe exposes.
+
+Run merge is disabled from the click until its job ends (and a second start from the same page
+is refused in a sentence), so a double click cannot start two merges. The tab writes the
+session's `Selection` (common.py): its parents and current recipe on every change, the output
+folder when an export merge succeeds; Chat and Score take them when selected.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from studio import recipes
+from studio import catalog, recipes
 from studio.errors import StudioError
 from studio.forms import MERGED_ROLES, MergeChoice, build_recipe, default_params
 from studio.jobs import get_runner
 from studio.merging import start_merge_job
 from studio.settings import StudioSettings
 from studio.ui.common import (
+    Selection,
+    bind_settings,
+    job_owner,
     parent_dropdowns,
     progress_html,
     refreshed_dropdown,
+    refuse_second_start,
+    start_job_on_click,
+    starter_path,
     user_errors,
 )
 from studio.ui.jobs_tab import status_dict
-from studio.ui.preview_panel import build_preview_panel
+from studio.ui.preview_panel import build_preview_panel, is_placeholder
 
 LOG = logging.getLogger(__name__)
 
@@ -97,6 +110,19 @@ def recipe_api(
     return recipes.recipe_to_yaml(recipe)
 
 
+@user_errors
+def method_defaults_api(method: str) -> dict[str, Any]:
+    """A method's parameters at their defaults, in /recipe's params shape (API:
+    /method_defaults): {"global": {...}, "models": {"cpt": {...}, "chat": {...}}}."""
+    return fresh_params(method)
+
+
+def default_recipe(settings: StudioSettings) -> str:
+    """The YAML the tab opens with: an even linear merge of the starter zoo's parents."""
+    cpt, chat, base = (starter_path(settings, role) for role in ("cpt", "chat", "base"))
+    return preview_yaml(cpt, chat, base, "linear", fresh_params("linear"), "", "", "float32")
+
+
 def preview_yaml(*form: Any) -> str:
     """Like /recipe, but a problem becomes a YAML comment so typing never raises toasts."""
     try:
@@ -110,12 +136,50 @@ def preview_yaml(*form: Any) -> str:
 
 
 @user_errors
-def on_merge_start(settings: StudioSettings, recipe_yaml: str, out_dir: str) -> dict[str, Any]:
-    """Start a background merge of a mergekit YAML (API: /merge_start); returns the job status."""
+def on_merge_start(
+    settings: StudioSettings,
+    recipe_yaml: str,
+    out_dir: str,
+    current_job: str | None = None,
+    request: gr.Request | None = None,
+) -> dict[str, Any]:
+    """Start a background merge of a mergekit YAML (API: /merge_start); returns the job status.
+
+    `current_job` is the page's last merge (a gr.State, not an API input): while it runs, a
+    second start is refused."""
+    refuse_second_start(settings, current_job, "merge")
     recipe = recipes.recipe_from_yaml(recipe_yaml)
     runner = get_runner(settings)
-    record = start_merge_job(recipe, out_dir.strip() or None, runner=runner, settings=settings)
+    record = start_merge_job(
+        recipe, (out_dir or "").strip() or None, runner=runner, settings=settings,
+        owner=job_owner(request),
+    )  # fmt: skip
     return status_dict(runner.status(record.id))
+
+
+def remember_recipe(
+    selection: Selection, cpt: str | None, chat: str | None, base: str | None, recipe_yaml: str
+) -> Selection:
+    """The YAML box changed: a valid recipe (not the '# cannot build' comment) is carried on."""
+    if is_placeholder(recipe_yaml):
+        return selection
+    return dataclasses.replace(selection, cpt=cpt, chat=chat, base=base or None, recipe=recipe_yaml)
+
+
+def remember_merged(
+    settings: StudioSettings, selection: Selection, status: dict[str, Any]
+) -> Selection:
+    """A merge succeeded: its folder becomes the session's merged model. A folder outside the
+    studio's merges folder is registered in the catalog so every model list offers it."""
+    folder = status.get("output_path")
+    if status.get("state") != "succeeded" or not folder or folder == selection.merged:
+        return selection
+    if not Path(folder).resolve().is_relative_to(settings.merges_dir.resolve()):
+        try:
+            catalog.add_local_model(folder, settings=settings)
+        except StudioError:  # still chat-able by path; the catalog just will not list it
+            LOG.warning("merged folder %s could not be added to the catalog", folder, exc_info=True)
+    return dataclasses.replace(selection, merged=folder)
 
 
 def on_param_release(
@@ -133,18 +197,21 @@ def on_param_release(
 
 
 def _param_component(spec: recipes.ParamSpec, value: Any, label: str) -> gr.Component:
-    info = spec.description or None
+    # interactive=True: a component made inside gr.render is not seen as an event input when
+    # gradio decides interactivity, and would be drawn disabled (found by the browser test).
+    common = {"label": label, "info": spec.description or None, "interactive": True}
     if spec.kind == "bool":
-        return gr.Checkbox(value=bool(value), label=label, info=info)
+        return gr.Checkbox(value=bool(value), **common)
     if spec.kind in ("float", "int") and spec.minimum is not None and spec.maximum is not None:
         step = spec.step or (1 if spec.kind == "int" else 0.01)
-        return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, label=label, info=info)
+        return gr.Slider(spec.minimum, spec.maximum, value=value, step=step, **common)
     if spec.kind in ("float", "int"):
-        return gr.Number(value=value, label=label, info=info)
-    return gr.Textbox(value=str(value or ""), label=label, info=info)
+        return gr.Number(value=value, **common)
+    return gr.Textbox(value=str(value or ""), **common)
 
 
-def build_merge_tab(settings: StudioSettings) -> None:
+def build_merge_tab(settings: StudioSettings, selection: gr.State | None = None) -> None:
+    """The Merge tab; with `selection` (build_app's per-session Selection) it carries on."""
     bind = functools.partial
     methods = recipes.list_methods()
     with gr.Tab("Merge", id="merge", elem_id="merge-tab"):
@@ -195,13 +262,13 @@ def build_merge_tab(settings: StudioSettings) -> None:
             cancel = gr.Button("Cancel", variant="stop")
         progress = gr.HTML()
         build_preview_panel(settings, yaml_box)
-        job_json = gr.JSON(label="Job", visible=False)
         job_id = gr.State("")
         timer = gr.Timer(1.0, active=False)
 
         form = [cpt, chat, base, method, params, tok, template, dtype]
         gr.api(recipe_api, api_name="recipe")
-        method.change(fresh_params, [method], [params], api_name="method_defaults")
+        method.change(fresh_params, [method], [params], api_visibility="private")
+        gr.api(method_defaults_api, api_name="method_defaults")
         for trigger in (
             params.change,
             cpt.change,
@@ -213,49 +280,109 @@ def build_merge_tab(settings: StudioSettings) -> None:
         ):
             trigger(preview_yaml, form, [yaml_box], api_visibility="private", queue=False)
 
-        def started(status: dict[str, Any]) -> tuple[str, str, gr.Timer, gr.Button]:
-            return (
-                status["id"],
-                _progress(status),
-                gr.Timer(active=True),
-                gr.Button(interactive=False),
+        _wire_run(settings, RunControls(run, cancel, yaml_box, out_dir, progress, job_id, timer))
+        if selection is not None:
+            yaml_box.change(
+                remember_recipe,
+                [selection, cpt, chat, base, yaml_box],
+                [selection],
+                api_visibility="private",
+                queue=False,
             )
-
-        run.click(
-            bind(on_merge_start, settings),
-            [yaml_box, out_dir],
-            [job_json],
-            api_name="merge_start",
-            concurrency_limit=1,
-        ).success(started, [job_json], [job_id, progress, timer, run], api_visibility="private")
-
-        def tick(jid: str) -> tuple[str, gr.Timer, gr.Button]:
-            if not jid:
-                return "", gr.Timer(active=False), gr.Button(interactive=True)
-            status = status_dict(get_runner(settings).status(jid))
-            return (
-                _progress(status),
-                gr.Timer(active=not status["done"]),
-                gr.Button(interactive=status["done"]),
+            # The timer's last tick redraws the bar with the job done: its folder carries on.
+            progress.change(
+                bind(on_progress_change, settings),
+                [selection, job_id],
+                [selection],
+                api_visibility="private",
+                queue=False,
             )
-
-        timer.tick(tick, [job_id], [progress, timer, run], api_visibility="private")
-
-        def cancel_job(jid: str) -> str:
-            if not jid:
-                return ""
-            return _progress(status_dict(get_runner(settings).cancel(jid)))
-
-        cancel.click(cancel_job, [job_id], [progress], api_visibility="private")
         refresh = refreshed_dropdown(settings)
         for dd in (cpt, chat, base):
             dd.focus(refresh, [dd], [dd], api_visibility="private")
 
 
+def on_progress_change(settings: StudioSettings, selection: Selection, jid: str) -> Selection:
+    if not jid:
+        return selection
+    return remember_merged(settings, selection, status_dict(get_runner(settings).status(jid)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunControls:
+    """The components of the export row, so the wiring can be written apart from the layout."""
+
+    run: gr.Button
+    cancel: gr.Button
+    yaml_box: gr.Code
+    out_dir: gr.Textbox
+    progress: gr.HTML
+    job_id: gr.State
+    timer: gr.Timer
+
+
+def on_run_click(
+    settings: StudioSettings,
+    recipe_yaml: str,
+    out_dir: str,
+    current_job: str | None,
+    request: gr.Request | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Run merge (API: /merge_start -> the job status): the job id goes straight into the
+    page's state (hidden from the API), so a second click queued behind this one sees it."""
+    status = on_merge_start(settings, recipe_yaml, out_dir, current_job, request)
+    return status, status["id"]
+
+
+def _wire_run(settings: StudioSettings, c: RunControls) -> None:
+    """Run merge is disabled at once on click (queue=False: before the job is even asked for)
+    and enabled again when the start fails or the job ends; Cancel stops this page's job."""
+    job_json = gr.JSON(visible=False)
+    start = start_job_on_click(
+        c.run,
+        bind_settings(on_run_click, settings),
+        [c.yaml_box, c.out_dir, c.job_id],
+        [job_json, c.job_id],
+        api_name="merge_start",
+        concurrency_limit=1,
+    )
+    start.success(
+        lambda status: (_progress(status), gr.Timer(active=True)),
+        [job_json],
+        [c.progress, c.timer],
+        api_visibility="private",
+    )
+
+    def tick(jid: str) -> tuple[str, gr.Timer, gr.Button]:
+        if not jid:
+            return "", gr.Timer(active=False), gr.Button(interactive=True)
+        status = status_dict(get_runner(settings).status(jid))
+        return (
+            _progress(status),
+            gr.Timer(active=not status["done"]),
+            gr.Button(interactive=status["done"]),
+        )
+
+    c.timer.tick(
+        tick, [c.job_id], [c.progress, c.timer, c.run], api_visibility="private",
+        show_progress="hidden",
+    )  # fmt: skip
+
+    def cancel_job(jid: str) -> str:
+        if not jid:
+            return ""
+        return _progress(status_dict(get_runner(settings).cancel(jid)))
+
+    c.cancel.click(cancel_job, [c.job_id], [c.progress], api_visibility="private")
+
+
 def _wire(comp: gr.Component, handler: Any, params: gr.State) -> None:
-    """Sliders update on release (not on every pixel); other inputs on change."""
+    """Sliders update on release (not on every pixel); other inputs on change.
+
+    Through the queue on purpose: gradio 6.31 fires a gr.State's .change (which rewrites the
+    YAML) only for queued events; with queue=False the slider moved and the YAML did not."""
     event = comp.release if isinstance(comp, gr.Slider) else comp.change
-    event(handler, [comp, params], [params], api_visibility="private", queue=False)
+    event(handler, [comp, params], [params], api_visibility="private")
 
 
 def _method_note(spec: recipes.MethodSpec) -> str:

