@@ -34,6 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from studio.confine import allow_folders  # noqa: E402
+
+# The benchmark builds its models in the temp folder: the studio's path confinement accepts it.
+allow_folders(Path(tempfile.gettempdir()))
+
 from studio.errors import StudioError  # noqa: E402
 from studio.inference import (  # noqa: E402
     ChatMessage,

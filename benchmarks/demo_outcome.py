@@ -35,10 +35,10 @@ DOMAIN_TASKS = ["domain_completion.jsonl", "domain_mc.jsonl", "domain_chat_qa.js
 METHODS = {
     "linear": "merge_method: linear\nmodels:\n  - model: {chat}\n    parameters: {{weight: 1.0}}\n"
     "  - model: {cpt}\n    parameters: {{weight: 0.0}}\ndtype: {dtype}\n",
-    "ties": "merge_method: ties\nbase_model: {base}\nmodels:\n"
+    "ties": "merge_method: ties\nbase_model: {base}\n{globals}models:\n"
     "  - model: {chat}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
     "  - model: {cpt}\n    parameters: {{weight: 0.0, density: 0.5}}\ndtype: {dtype}\n",
-    "dare_ties": "merge_method: dare_ties\nbase_model: {base}\nmodels:\n"
+    "dare_ties": "merge_method: dare_ties\nbase_model: {base}\n{globals}models:\n"
     "  - model: {chat}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
     "  - model: {cpt}\n    parameters: {{weight: 0.0, density: 0.5}}\ndtype: {dtype}\n",
 }
@@ -62,6 +62,13 @@ def zoo_models(zoo: str) -> tuple[dict[str, str], list[str]]:
         tasks.append(str(REPO / "assets" / "real_pair" / "general_chat_qa.jsonl"))
     tasks += [str(EVAL / "domain_text.txt"), str(EVAL / "general_text.txt")]
     return models, tasks
+
+
+def globals_for(zoo: str) -> str:
+    """The real pair's CPT was trained from the chat model, so the chat model is the base and its
+    own task vector is zero: with TIES' default normalisation the CPT's weight would cancel out
+    (merge = chat + trimmed delta at every weight). Unnormalised, the weight scales the delta."""
+    return "parameters: {normalize: false}\n" if zoo == "real" else ""
 
 
 def table(report: ScoreReport) -> str:
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks=tuple(tasks),
             settings=settings,
             dtype=dtype,
-            recipe=METHODS[method].format(dtype=dtype, **models),
+            recipe=METHODS[method].format(dtype=dtype, globals=globals_for(args.zoo), **models),
             parameter="weight",
             values=values,
         )

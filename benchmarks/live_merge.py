@@ -39,6 +39,11 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from studio.confine import allow_folders  # noqa: E402
+
+# The benchmark builds its models in the temp folder: the studio's path confinement accepts it.
+allow_folders(Path(tempfile.gettempdir()))
+
 from pipelines.tiny_models import TinyShape, build_tiny_llama, train_word_tokenizer  # noqa: E402
 from studio.merging.live import LiveMerger  # noqa: E402
 

@@ -37,6 +37,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from studio.confine import allow_folders  # noqa: E402
+
+# The benchmark builds its models in the temp folder: the studio's path confinement accepts it.
+allow_folders(Path(tempfile.gettempdir()))
+
 import torch  # noqa: E402
 
 from studio.evaluation.lm_eval_tasks import write_lm_eval_task  # noqa: E402

@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from studio.confine import allow_folders  # noqa: E402
+
+# The benchmark builds its models in the temp folder: the studio's path confinement accepts it.
+allow_folders(Path(tempfile.gettempdir()))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from pipelines.tiny_models import (
     build_tiny_llama,
     train_word_tokenizer,
 )
+from studio.confine import allow_folders
 from studio.training.checkpoints import (
     RESUME_STATE_FILE,
     TRAINER_STATE_DIR,
@@ -142,14 +142,6 @@ def run_stage(
     if cpt.main([str(work / f"{role}.yml")], recipe_class=recipe) != 0:
         raise RuntimeError(f"the demo zoo's {role} stage failed; see the log above")
     return Path(list_checkpoints(work / role)[-1].path)
-
-
-def allow_folders(*folders: Path) -> None:
-    """Let this process's training runs read and write `folders` (the studio confines models
-    and data to its configured roots; this build is an administrator's tool run by hand)."""
-    for variable in ("STUDIO_MODEL_ROOTS", "STUDIO_DATA_ROOTS"):
-        present = [p for p in os.environ.get(variable, "").split(os.pathsep) if p]
-        os.environ[variable] = os.pathsep.join(present + [str(f.resolve()) for f in folders])
 
 
 def publish(checkpoint: Path, target: Path) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -26,9 +27,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipelines.demo_zoo import DATA_DIR, REPO, allow_folders, run_stage
+from pipelines.demo_zoo import DATA_DIR, REPO, run_stage
 from pipelines.lora import ADAPTER_DIR
 from studio.catalog.gguf_import import find_smollm2_gguf, import_gguf
+from studio.confine import allow_folders
 from studio.errors import StudioError
 from studio.jobs.events import EventWriter, report_failure
 from studio.settings import StudioSettings, load_settings
@@ -124,6 +126,13 @@ def publish_adapter(source: Path, target: Path) -> Path:
     shutil.copytree(source, partial)
     weights = load_file(partial / ADAPTER_WEIGHTS)
     save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, partial / ADAPTER_WEIGHTS)
+    # No build-machine path in the shipped files: the base is the catalog's chat parent, and
+    # peft's generated model card (a template with nothing filled in) is dropped.
+    config_file = partial / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = CHAT_NAME
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (partial / "README.md").unlink(missing_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target

@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 from pydantic import BaseModel, Field
 
 from studio.db import connect, ensure_schema
-from studio.errors import ModelError, StudioError
+from studio.errors import ModelError, PathNotAllowedError, StudioError
 from studio.inference import (
     ChatMessage,
     GenerationChunk,
@@ -661,8 +661,8 @@ def _resolve_specs(columns: Sequence[ColumnChoice | None]) -> dict[str, ModelSpe
             continue
         try:
             specs[choice.model] = ModelSpec.from_path(choice.model)
-        except ModelError as error:
-            raise ModelError(f"model {index + 1}: {error}") from error
+        except (ModelError, PathNotAllowedError) as error:
+            raise type(error)(f"model {index + 1}: {error}") from error
     return specs
 
 

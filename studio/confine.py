@@ -121,3 +121,12 @@ def check_upload_size(
             "raise STUDIO_MAX_UPLOAD_MB, or put the file under a model or data root"
         )
     return file
+
+
+def allow_folders(*folders: Path) -> None:
+    """Add `folders` to this process's (and its children's) STUDIO_MODEL_ROOTS and
+    STUDIO_DATA_ROOTS. For administrators' scripts (the demo zoo build, the benchmarks) that
+    work in folders of their own; never called by the app on a user's behalf."""
+    for variable in ("STUDIO_MODEL_ROOTS", "STUDIO_DATA_ROOTS"):
+        present = [p for p in os.environ.get(variable, "").split(os.pathsep) if p]
+        os.environ[variable] = os.pathsep.join(present + [str(f.resolve()) for f in folders])

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -54,6 +55,11 @@ _SCALES = {
 _FRACTION_SCALE = {"colorscale": "Reds", "zmin": 0.0, "zmax": 1.0}
 
 Rows = DiagnosticsReport | Sequence[DiagnosticRow]
+
+
+# One colour per task (plotly's default sequence); parents keep their task's colour.
+TASK_COLOURS = pcolors.qualitative.Plotly
+REFERENCE_DASHES = ("dash", "dot", "dashdot", "longdash")
 
 
 def _rows(report: Rows) -> tuple[DiagnosticRow, ...]:
@@ -179,7 +185,9 @@ def _metric_panels(rows: Sequence[ScoreRow]) -> list[str]:
 
 
 def sweep_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
-    """Score vs the swept parameter; parents (and other unswept models) as dashed lines."""
+    """Score vs the swept parameter; parents (and other unswept models) as horizontal lines in
+    their task's colour, one dash style per parent. Perplexity panels use a log axis (merges
+    and parents differ by orders of magnitude)."""
     rows = report.rows
     metrics = _metric_panels(rows) or ["score"]
     fig = make_subplots(rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=metrics)
@@ -188,6 +196,12 @@ def sweep_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
     lo, hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
     # A checkpoint sweep has two valued kinds (checkpoint alone, merged): one line each.
     kinds = list(dict.fromkeys(r.kind for r in points))
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    colour = {task: TASK_COLOURS[i % len(TASK_COLOURS)] for i, task in enumerate(tasks)}
+    references = list(dict.fromkeys(r.label for r in rows if r.value is None))
+    dash = {
+        label: REFERENCE_DASHES[i % len(REFERENCE_DASHES)] for i, label in enumerate(references)
+    }
     for panel, metric in enumerate(metrics, start=1):
         for task in dict.fromkeys(r.task for r in rows if r.metric == metric):
             for kind in kinds:
@@ -203,6 +217,7 @@ def sweep_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
                         y=[_number(r.score) for r in line],
                         error_y={"type": "data", "array": [r.stderr or 0.0 for r in line]},
                         mode="lines+markers",
+                        line={"color": colour[task]},
                         name=task if len(kinds) == 1 else f"{task} ({kind})",
                         legendgroup=task,
                     ),
@@ -215,13 +230,15 @@ def sweep_chart(report: ScoreReport, *, title: str | None = None) -> go.Figure:
                         x=[lo, hi],
                         y=[_number(ref.score)] * 2,
                         mode="lines",
-                        line={"dash": "dash"},
+                        line={"dash": dash[ref.label], "color": colour[task], "width": 1},
                         name=f"{ref.label} · {task}",
                         legendgroup=task,
                     ),
                     row=panel,
                     col=1,
                 )
+        if metric == "perplexity":
+            fig.update_yaxes(type="log", row=panel, col=1)
     fig.update_xaxes(title_text=report.parameter or "parameter", row=len(metrics), col=1)
     fig.update_layout(
         title=title or f"Score against {report.parameter or 'the merge parameter'}",

@@ -6,6 +6,7 @@ for SmolLM2 + assets/real_pair/cpt_adapter, which the slow test checks where bot
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,15 @@ def test_materialise_smollm2_with_an_adapter(
     assert torch.equal(chat_w["model.norm.weight"], cpt_w["model.norm.weight"])
     assert materialise(settings) == paths
     assert not needs_materialising(settings)
+
+
+def test_the_shipped_adapter_is_small_and_names_no_build_machine_path() -> None:
+    files = {p.name: p for p in real_pair.ADAPTER.iterdir()}
+    assert set(files) == {"adapter_config.json", real_pair.ADAPTER_WEIGHTS}
+    assert sum(p.stat().st_size for p in files.values()) <= 40 * 1024 * 1024
+    config = json.loads(files["adapter_config.json"].read_text())
+    assert config["base_model_name_or_path"] == real_pair.CHAT_NAME
+    assert config["r"] == 32 and config["peft_type"] == "LORA"
+    weights = load_file(files[real_pair.ADAPTER_WEIGHTS])
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)  # trained

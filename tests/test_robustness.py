@@ -363,3 +363,141 @@ def test_pickle_and_remote_code_stay_refused_inside_the_roots(
     (inside / "cpt" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="needs trust_remote_code"):
         inspect_model(inside / "cpt", settings=settings)
+
+
+def task_file(folder: Path) -> Path:
+    """A one-question multiple-choice task (the format load_task detects as mc)."""
+    path = folder / "task.jsonl"
+    path.write_text(json.dumps({"question": "2+2?", "choices": ["3", "4"], "answer": 1}) + "\n")
+    return path
+
+
+def test_score_targets_recipes_and_checkpoint_folders_outside_the_roots_are_refused(
+    confined: tuple[StudioSettings, Path, Path],
+) -> None:
+    """/score, /sweep and /checkpoint_sweep read every folder they name: a model target, any
+    recipe model (a `..` walk or a symlink out too) and a run or checkpoint folder elsewhere
+    are each refused in PathNotAllowedError's sentence, before any job starts."""
+    from studio.evaluation.checkpoint_sweep import CheckpointSweepRequest
+    from studio.evaluation.jobs import (
+        start_checkpoint_sweep_job,
+        start_score_job,
+        start_sweep_job,
+    )
+    from studio.evaluation.sweeps import ScoreRequest, ScoreTarget, SweepRequest
+    from studio.recipes import recipe_to_yaml
+
+    settings, inside, outside = confined
+    tasks = (str(task_file(inside)),)
+    (inside / "escape").symlink_to(outside / "chat")
+    (outside / "run" / "step-00000003").mkdir(parents=True)
+    out_chat = linear_recipe(inside / "cpt", outside / "chat")
+    dotdot = linear_recipe(Path(f"{inside}/../outside/chat"), inside / "chat")
+    linked = linear_recipe(inside / "cpt", inside / "escape")
+    model = ScoreTarget(label="chat", model=str(outside / "chat"))
+    refusals = {
+        "model of 'chat' .* is outside": lambda: start_score_job(
+            ScoreRequest(tasks=tasks, targets=(model,)), settings=settings
+        ),
+        "recipe model 2 folder .* is outside": lambda: start_score_job(
+            ScoreRequest(
+                tasks=tasks, targets=(ScoreTarget(label="m", recipe=recipe_to_yaml(out_chat)),)
+            ),
+            settings=settings,
+        ),
+        "recipe model 1 folder .* is outside": lambda: start_sweep_job(
+            SweepRequest(
+                tasks=tasks, recipe=recipe_to_yaml(dotdot), parameter="weight", values=(0, 1)
+            ),
+            settings=settings,
+        ),
+        "recipe model 2 folder .* leads through a symbolic link": lambda: start_sweep_job(
+            SweepRequest(
+                tasks=tasks, recipe=recipe_to_yaml(linked), parameter="weight", values=(0, 1)
+            ),
+            settings=settings,
+        ),
+        "run folder .* is outside": lambda: start_checkpoint_sweep_job(
+            CheckpointSweepRequest(tasks=tasks, run_dir=str(outside / "run")), settings=settings
+        ),
+        "checkpoint folder .* is outside": lambda: start_checkpoint_sweep_job(
+            CheckpointSweepRequest(
+                tasks=tasks, checkpoints=(str(outside / "run" / "step-00000003"),)
+            ),
+            settings=settings,
+        ),
+    }
+    for reason, start in refusals.items():
+        with pytest.raises(PathNotAllowedError, match=reason) as caught:
+            start()
+        assert "STUDIO_MODEL_ROOTS or STUDIO_DATA_ROOTS" in str(caught.value)
+    assert get_runner(settings).list() == []
+
+
+def test_live_preview_and_engines_refuse_model_folders_outside_the_roots(
+    confined: tuple[StudioSettings, Path, Path],
+) -> None:
+    """The live preview (and the diagnostics and sweeps built on it) confines every folder of
+    a recipe before it loads any weights; ModelSpec.from_path, through which chat, scoring and
+    the CLI load models, confines too, and text no path can be is a sentence."""
+    from studio.inference.engine import ModelSpec
+    from studio.merging.preview import LivePreview
+
+    settings, inside, outside = confined
+    preview = LivePreview(settings=settings)
+    recipe = linear_recipe(inside / "cpt", outside / "chat")
+    with pytest.raises(PathNotAllowedError, match="recipe model folder .* is outside"):
+        preview.update(recipe)
+    base_outside = recipe.model_copy(
+        update={
+            "method": "task_arithmetic",
+            "models": linear_recipe(inside / "cpt", inside / "chat").models,
+            "base": str(outside / "chat"),
+        }
+    )
+    with pytest.raises(PathNotAllowedError, match="recipe model folder .* is outside"):
+        preview.diagnose(base_outside)
+    assert preview.merger is None and preview.engine is None  # nothing was loaded
+    with pytest.raises(PathNotAllowedError, match=f"model {outside / 'chat'} is outside"):
+        ModelSpec.from_path(outside / "chat", settings=settings)
+    with pytest.raises(PathNotAllowedError, match="contains a NUL character"):
+        ModelSpec.from_path("a\x00b", settings=settings)
+    spec = ModelSpec.from_path(inside / "chat", settings=settings)
+    assert spec.path == str((inside / "chat").resolve())
+
+
+def test_synthetic_data_inputs_held_out_and_output_outside_the_roots_are_refused(
+    confined: tuple[StudioSettings, Path, Path],
+) -> None:
+    """start_synth_job confines the documents it reads and the folder it writes; paths no
+    folder can have are a sentence (resolve_synth_paths checks them first)."""
+    from studio.synth import SynthConfig, start_synth_job
+
+    settings, inside, outside = confined
+    docs_in = write_text_data(inside / "docs.jsonl")
+    docs_out = write_text_data(outside / "docs.jsonl")
+    good = {
+        "generator": str(inside / "chat"),
+        "inputs": [str(docs_in)],
+        "output_dir": str(settings.home / "synth" / "s"),
+    }
+    refusals = {
+        "^inputs .* is outside": {"inputs": [str(docs_out)]},
+        "^held_out_inputs .* is outside": {"held_out_inputs": [f"{inside}/../outside/docs.jsonl"]},
+        "^output_dir .* is outside": {"output_dir": str(outside / "synth")},
+        "^inputs .* contains a NUL character": {"inputs": ["docs\x00.jsonl"]},
+        "^generator .* too long for a path": {"generator": "x" * 300},
+    }
+    for reason, change in refusals.items():
+        with pytest.raises(PathNotAllowedError, match=reason):
+            start_synth_job(SynthConfig.model_validate(good | change), settings=settings)
+    assert get_runner(settings).list() == [] and not (outside / "synth").exists()
+
+
+def test_the_upload_limit_reaches_gradios_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STUDIO_MAX_UPLOAD_MB is passed to launch(max_file_size=...), so gradio refuses a larger
+    upload while it streams in, not after it is on disk."""
+    from studio.ui import launch_kwargs
+
+    monkeypatch.setenv("STUDIO_MAX_UPLOAD_MB", "2")
+    assert launch_kwargs(load_settings())["max_file_size"] == 2 * 2**20

@@ -13,11 +13,13 @@ are in range) so a bad request is refused in a sentence before any job starts.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from studio.confine import confine_path
 from studio.errors import JobError
 from studio.evaluation.checkpoint_sweep import (
     CheckpointSweepRequest,
@@ -40,7 +42,7 @@ from studio.evaluation.sweeps import (
 from studio.evaluation.tasks import load_task
 from studio.jobs.runner import JobRunner, get_runner
 from studio.jobs.store import JobRecord, new_job_id
-from studio.recipes.recipe import resolve_paths, validate_recipe
+from studio.recipes.recipe import MergeRecipe, resolve_paths, validate_recipe
 from studio.recipes.yaml_io import recipe_from_yaml
 from studio.settings import StudioSettings, load_settings
 
@@ -67,25 +69,64 @@ def run_request(
     return run_scores(request, store=store, progress=progress)
 
 
-def check_request(request: ScoreOptions) -> None:
-    """Refuse a request that cannot run, before any job starts (StudioError with a sentence)."""
+def check_request(request: ScoreOptions, *, settings: StudioSettings | None = None) -> None:
+    """Refuse a request that cannot run, before any job starts (StudioError with a sentence).
+
+    Every folder it would read must lie under the studio's roots (`settings`; None: the
+    environment's): model targets, run and checkpoint folders, each recipe's models.
+    """
+    settings = settings or load_settings()
     for path in request.tasks:
-        load_task(path)
+        load_task(path)  # confines the task file itself
     if isinstance(request, CheckpointSweepRequest):
+        confine_checkpoints(request, settings=settings)
         folders = checkpoint_folders(request)
         if request.recipe:
             recipe = parse_recipe_text(request.recipe)
             for _, folder in folders:
-                with_first_model(recipe, folder)
+                confine_recipe_models(with_first_model(recipe, folder), settings=settings)
         return
+    for target in getattr(request, "targets", ()):
+        if target.model is not None:
+            confine_path(target.model, settings=settings, what=f"model of '{target.label}'")
     recipes = [request.recipe] if isinstance(request, SweepRequest) else []
     recipes += [t.recipe for t in getattr(request, "targets", ()) if t.recipe is not None]
     for text in recipes:
         recipe = resolve_paths(recipe_from_yaml(text))
         validate_recipe(recipe)
+        confine_recipe_models(recipe, settings=settings)
         if isinstance(request, SweepRequest):
             for value in request.values:
                 with_parameter(recipe, request.parameter, value, model_index=request.model_index)
+
+
+def confine_checkpoints(request: CheckpointSweepRequest, *, settings: StudioSettings) -> None:
+    """PathNotAllowedError unless the run folder and every checkpoint folder lie under the roots
+    (before list_checkpoints or resolve() sees them: both follow the path)."""
+    if request.run_dir is not None:
+        confine_path(request.run_dir, settings=settings, what="run folder")
+    for folder in request.checkpoints:
+        confine_path(folder, settings=settings, what="checkpoint folder")
+
+
+def confine_recipe_models(recipe: MergeRecipe, *, settings: StudioSettings) -> None:
+    """PathNotAllowedError unless every local folder of a (resolved) recipe lies under the roots.
+
+    Scoring merges recipes live, so each folder is read: models, base, tokenizer source, and
+    both sides of mergekit's `model+lora` (a `@revision` suffix is not part of the folder). A
+    name that is not absolute after resolve_paths does not exist here (a Hub id): the live
+    merger refuses it in its own words.
+    """
+    named = [(f"recipe model {i + 1}", m.path) for i, m in enumerate(recipe.models)]
+    named += [
+        ("recipe base", recipe.base or ""),
+        ("tokenizer source", recipe.tokenizer_source or ""),
+    ]
+    for role, path in named:
+        for part in path.split("+"):
+            folder = part.partition("@")[0]
+            if os.path.isabs(folder):
+                confine_path(folder, settings=settings, what=f"{role} folder")
 
 
 def start_score_job(
@@ -121,6 +162,11 @@ def start_checkpoint_sweep_job(
     owner: str | None = None,
 ) -> JobRecord:
     """Score a training run's checkpoints by step, alone and merged, in a background job."""
+    # Confined before the title's checkpoint_folders() lists the run folder (_start checks
+    # everything else).
+    confine_checkpoints(
+        request, settings=settings or (runner.settings if runner is not None else load_settings())
+    )
     count = len(checkpoint_folders(request))
     where = Path(request.run_dir).name if request.run_dir else "checkpoints"
     title = f"checkpoint sweep {where} ({count} checkpoints)"
@@ -135,8 +181,8 @@ def _start(
     settings: StudioSettings | None,
     owner: str | None,
 ) -> JobRecord:
-    check_request(request)
     settings = settings or (runner.settings if runner is not None else load_settings())
+    check_request(request, settings=settings)
     runner = runner or get_runner(settings)
     job_id = new_job_id()
     job_dir = runner.settings.jobs_dir / job_id

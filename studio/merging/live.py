@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from studio.confine import check_path_text
 from studio.errors import CompatibilityError, ModelError, RecipeError, StudioError
 from studio.merging import fast_methods as fm
 from studio.merging.live_plan import (
@@ -139,7 +140,7 @@ def model_key(ref: ModelReference | str | os.PathLike[str]) -> str:
     """The absolute folder a model reference points to (how the merger names its models)."""
     if isinstance(ref, ModelReference):
         return _reference_key(ref)
-    return str(Path(ref).expanduser().resolve())
+    return _folder_key(os.fspath(ref))
 
 
 @functools.lru_cache(maxsize=256)
@@ -149,7 +150,14 @@ def _reference_key(ref: ModelReference) -> str:
             f"model {ref} uses a LoRA or a revision; live merging needs a plain local folder:"
             " merge the adapter first or use the exported merge"
         )
-    return str(Path(ref.model.path).expanduser().resolve())
+    return _folder_key(ref.model.path)
+
+
+def _folder_key(path: str) -> str:
+    # check_path_text: a NUL or an over-long name is a sentence, not a ValueError from resolve().
+    # Whether the folder may be read is the caller's check (LivePreview confines every recipe
+    # folder); benchmarks build a LiveMerger on models in a temporary folder.
+    return str(Path(check_path_text(path, what="model folder")).expanduser().resolve())
 
 
 def _safetensors_files(folder: str) -> list[str]:

@@ -19,7 +19,8 @@ slider without leaving the Merge tab:
 Memory is that of the live merger (base + parents + task vectors) plus the one merged model; a
 merger that would not fit raises `LiveMemoryError` with the numbers before anything loads. The
 merger is reused while the recipe's models are among those it holds in the recipe's dtype (only
-slider values or the method changed), and rebuilt otherwise, the old one freed first.
+slider values or the method changed), and rebuilt otherwise, the old one freed first. Every
+folder a recipe names must lie under the studio's roots (studio.confine), checked before any load.
 
 `PreviewRegistry` keeps one preview per session id (least recently used evicted and unloaded),
 so users never share a merged model.
@@ -51,6 +52,7 @@ from mergekit.config import MergeConfiguration
 from pydantic import BaseModel, Field, ValidationError, field_serializer, field_validator
 from torch.func import functional_call
 
+from studio.confine import confine_path
 from studio.errors import StudioError
 from studio.inference.engine import ModelSpec
 from studio.inference.transformers_engine import TransformersEngine
@@ -474,6 +476,7 @@ class LivePreview:
 
         Returns (the merger was kept, anything was loaded).
         """
+        self._confine_models(config)
         engine_key = (_first_model(config), _engine_dtype(config))
         if engine and self._engine_key not in (None, engine_key):
             self._drop_engine()  # before a new merger is sized against the memory left
@@ -486,6 +489,15 @@ class LivePreview:
             self._engine = self._new_engine(*engine_key)
             self._engine_key = engine_key
         return reused, new_engine or not reused
+
+    def _confine_models(self, config: MergeConfiguration) -> None:
+        """PathNotAllowedError unless every folder the recipe names (models, base, slices,
+        LoRAs) lies under the studio's roots: update, merge and diagnose all come through
+        _prepare, before any weights are read or any model_key() resolves a path."""
+        for ref in config.referenced_models():
+            for part in (ref.model, ref.lora):
+                if part is not None:
+                    confine_path(part.path, settings=self._settings, what="recipe model folder")
 
     def _holds(self, config: MergeConfiguration) -> bool:
         """Whether the current merger can merge `config`: its models held, in its dtype."""
@@ -509,7 +521,9 @@ class LivePreview:
         return merger
 
     def _new_engine(self, folder: str, dtype: EngineDtype) -> TransformersEngine:
-        spec = ModelSpec.from_path(folder, dtype=dtype, device=self._device)
+        spec = ModelSpec.from_path(
+            folder, dtype=dtype, device=self._device, settings=self._settings
+        )
         engine = TransformersEngine(spec, settings=self._settings)
         engine.load()
         return engine

@@ -24,6 +24,7 @@ from typing import Any, Literal, TypeAlias
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from studio.confine import check_path_text
 from studio.errors import StudioError, first_problem
 
 LOG = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def load_synth_config(source: str | Path) -> SynthConfig:
     """Read a config from a YAML file path (or YAML text containing a newline)."""
     text = str(source)
     if "\n" not in text:
-        path = Path(text).expanduser()
+        path = Path(check_path_text(text, what="synthetic-data config file")).expanduser()
         if not path.is_file():
             raise SynthError(f"synthetic-data config file {path} does not exist")
         text = path.read_text(encoding="utf-8")
@@ -209,8 +210,13 @@ def _absolute(path: str) -> str:
 
 def resolve_synth_paths(config: SynthConfig) -> SynthConfig:
     """The same config with absolute input/output paths; a generator path made absolute too
-    (a bare catalog name stays as it is)."""
-    generator = config.generator.strip()
+    (a bare catalog name stays as it is). PathNotAllowedError for text no path can be (a NUL, a
+    lone surrogate, an over-long name); whether a path may be used is check_synth_config's."""
+    generator = check_path_text(config.generator, what="generator")
+    for field, paths in (("inputs", config.inputs), ("held_out_inputs", config.held_out_inputs)):
+        for path in paths:
+            check_path_text(path, what=field)
+    check_path_text(config.output_dir, what="output_dir")
     if generator.startswith(("/", ".", "~")) or Path(generator).exists():
         generator = _absolute(generator)
     return config.model_copy(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from studio.confine import check_path_text
 from studio.training.config import TrainConfigError
 
 LOG = logging.getLogger(__name__)
@@ -74,8 +75,12 @@ def checkpoint_step(path: str | Path) -> int | None:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
-    """The run's complete checkpoints, oldest first."""
-    run = Path(run_dir)
+    """The run's complete checkpoints, oldest first; none if `run_dir` is not a folder.
+
+    PathNotAllowedError for text no folder can have (a NUL, a lone surrogate, a name over 255
+    bytes): is_dir() would raise a bare OSError (ENAMETOOLONG) for the last one.
+    """
+    run = Path(check_path_text(str(run_dir), what="run folder"))
     if not run.is_dir():
         return []
     found = []

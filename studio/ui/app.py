@@ -57,13 +57,16 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
 
 
 def launch_kwargs(settings: StudioSettings | None = None) -> dict[str, Any]:
-    """Server settings from the environment (GRADIO_SERVER_NAME/PORT are read by gradio), and
-    the password login of STUDIO_AUTH when it is set."""
+    """Server settings from the environment (GRADIO_SERVER_NAME/PORT are read by gradio), the
+    upload limit (STUDIO_MAX_UPLOAD_MB), and the password login of STUDIO_AUTH when it is set."""
     settings = settings or load_settings()
     kwargs: dict[str, Any] = {
         "theme": gr.themes.Soft(),
         "css": CSS,
         "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        # gradio refuses a larger upload while it streams in, before it fills the disk;
+        # check_upload_size repeats the check for files that reach the core by other ways.
+        "max_file_size": settings.max_upload_bytes,
     }
     auth = access.launch_auth(settings)
     if auth:

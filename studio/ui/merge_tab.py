@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,12 @@ import gradio as gr
 
 from studio import catalog, recipes
 from studio.errors import StudioError
-from studio.forms import MERGED_ROLES, MergeChoice, build_recipe, default_params
+from studio.forms import (
+    MERGED_ROLES,
+    build_recipe,
+    choice_from_form,
+    default_params,
+)
 from studio.jobs import get_runner
 from studio.merging import start_merge_job
 from studio.settings import StudioSettings
@@ -52,38 +56,6 @@ DTYPES = ["float32", "bfloat16", "float16"]
 def fresh_params(method: str) -> dict[str, Any]:
     global_params, per_model = default_params(method)
     return {"global": global_params, "models": per_model}
-
-
-def choice_from_form(
-    cpt: str,
-    chat: str,
-    base: str | None,
-    method: str,
-    params: dict[str, Any] | str | None,
-    tokenizer_source: str | None,
-    chat_template: str | None,
-    dtype: str | None,
-) -> MergeChoice:
-    """Form values (or the JSON a gradio_client caller sends) -> a typed MergeChoice."""
-    if isinstance(params, str):
-        try:
-            params = json.loads(params) if params.strip() else {}
-        except json.JSONDecodeError as error:
-            raise StudioError(
-                f"params is not valid JSON ({error.msg} at character {error.pos})"
-            ) from error
-    params = params or {}
-    return MergeChoice(
-        method=method,
-        cpt=cpt,
-        chat=chat,
-        base=base or None,
-        global_params=params.get("global", {}),
-        model_params=params.get("models", {}),
-        tokenizer_source=tokenizer_source or None,
-        chat_template=chat_template or None,
-        dtype=dtype or None,
-    )
 
 
 @user_errors

@@ -25,12 +25,14 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from studio import plots
+from studio.forms import form_float
 from studio.merging.diagnostics import DiagnosticsReport
 from studio.merging.preview import (
     DEFAULT_DOMAIN_TEXT,
     DEFAULT_GENERAL_TEXT,
     DEFAULT_PROBE_PROMPT,
     LivePreview,
+    PreviewError,
     PreviewRegistry,
     PreviewResult,
     ProbeResult,
@@ -94,7 +96,10 @@ def on_diagnose_click(
 ) -> tuple[list[dict[str, Any]], go.Figure, go.Figure, str, str]:
     """Task-vector diagnostics of the recipe's parents (API: /diagnose)."""
     key = _session_key(key)
-    report = previews.get(key).diagnose(recipe_yaml, density=float(density))
+    value = form_float(density, field="density")
+    if value is None:  # a cleared number box: say so rather than guess a density
+        raise PreviewError("density is empty; choose a value in (0, 1], e.g. 0.5")
+    report = previews.get(key).diagnose(recipe_yaml, density=value)
     return (
         rows_json(report),
         plots.diagnostics_heatmap(report),

@@ -13,12 +13,14 @@ Tests: `.venv/bin/python -m pytest -q tests/test_score_app.py`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from studio.confine import check_path_text
 from studio.errors import validated
 from studio.evaluation import jobs as scoring_jobs
 from studio.evaluation.checkpoint_sweep import CheckpointSweepRequest
@@ -33,7 +35,7 @@ from studio.evaluation.sweeps import (
     SweepRequest,
 )
 from studio.evaluation.tasks import demo_task_paths, preselected_demo_tasks
-from studio.forms import MergeChoice, build_recipe
+from studio.forms import MergeChoice, build_recipe, form_float, form_int
 from studio.inference import template_choices
 from studio.jobs import get_runner
 from studio.jobs.store import JobRecord
@@ -69,9 +71,12 @@ def default_recipe_yaml(settings: StudioSettings) -> str:
 
 
 def _tasks(chosen: list[str] | None, extra: str | None) -> tuple[str, ...]:
-    files = list(chosen or [])
+    files = [str(f) for f in chosen or [] if str(f).strip()]
     files += [line.strip() for line in (extra or "").splitlines() if line.strip()]
-    return tuple(str(Path(f).expanduser().resolve()) for f in dict.fromkeys(files))
+    # check_path_text first: a NUL, a lone surrogate or an over-long name would otherwise raise
+    # a bare ValueError/UnicodeEncodeError/OSError from resolve(); confinement is load_task's.
+    checked = (check_path_text(f, what="task file") for f in dict.fromkeys(files))
+    return tuple(str(Path(f).expanduser().resolve()) for f in checked)
 
 
 def _settings(
@@ -85,9 +90,11 @@ def _settings(
     return validated(
         ScoreSettings,
         SweepError,
-        limit=int(limit) if quick and limit else None,
-        num_fewshot=int(fewshot or 0),
-        max_new_tokens=int(max_new_tokens) if max_new_tokens else defaults.max_new_tokens,
+        limit=(form_int(limit, field="N (quick mode)") or None) if quick else None,
+        num_fewshot=form_int(fewshot, field="few-shot examples") or 0,
+        max_new_tokens=(
+            form_int(max_new_tokens, field="chat QA reply tokens") or defaults.max_new_tokens
+        ),
         chat_template=chat_template or None,
     )
 
@@ -173,11 +180,9 @@ def on_sweep_start(
     request: gr.Request | None = None,
 ) -> dict[str, Any]:
     """Score the merge at `points` values of `parameter` from start to stop (API: /sweep)."""
-    count = int(points)
-    if not 2 <= count <= MAX_SWEEP_POINTS:
-        raise SweepError(f"points must be between 2 and {MAX_SWEEP_POINTS}; got {count}")
-    step = (float(stop) - float(start)) / (count - 1)
-    values = tuple(round(float(start) + i * step, 6) for i in range(count))
+    count, first, last = _sweep_span(start, stop, points)
+    step = (last - first) / (count - 1)
+    values = tuple(round(first + i * step, 6) for i in range(count))
     return _start_job(
         settings,
         scoring_jobs.start_sweep_job,
@@ -188,6 +193,20 @@ def on_sweep_start(
         values=values,
         **_options(tasks, extra_tasks, quick, limit, fewshot, max_new_tokens, chat_template),
     )
+
+
+def _sweep_span(start: Any, stop: Any, points: Any) -> tuple[int, float, float]:
+    """(points, from, to) of a sweep form; SweepError naming the empty or non-finite field."""
+    count = form_int(points, field="points")
+    if count is None or not 2 <= count <= MAX_SWEEP_POINTS:
+        raise SweepError(f"points must be between 2 and {MAX_SWEEP_POINTS}; got {count}")
+    first, last = form_float(start, field="From"), form_float(stop, field="To")
+    if first is None or last is None:
+        empty = "From" if first is None else "To"
+        raise SweepError(f"the sweep's {empty} value is empty; give the {empty} number")
+    if not math.isfinite(last - first):  # e.g. -1e308 to 1e308: the points would be inf/NaN
+        raise SweepError(f"the sweep from {first:g} to {last:g} is too wide; choose closer ends")
+    return count, first, last
 
 
 @user_errors

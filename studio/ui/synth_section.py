@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from studio.confine import SHIPPED_ROOTS
+from studio.forms import form_float, form_int
 from studio.settings import StudioSettings
 from studio.synth import (
     FILTER_NAMES,
@@ -62,20 +63,23 @@ def synth_values(
     tasks: list[str],
     templates: tuple[str, str, str],
 ) -> dict[str, Any]:
-    """The form as SynthConfig values (empty numbers mean the config's default)."""
+    """The form as SynthConfig values (empty numbers mean the config's default; NaN, infinity
+    or text in a number box is refused naming the field)."""
     values: dict[str, Any] = {
         "generator": (generator or "").strip(),
-        "inputs": [p.strip() for p in inputs.split("\n") if p.strip()],
-        "held_out_inputs": [p.strip() for p in held_out.split("\n") if p.strip()],
-        "held_out_fraction": float(held_out_fraction),
-        "output_dir": output_dir.strip(),
-        "tasks": list(tasks),
+        "inputs": [p.strip() for p in (inputs or "").split("\n") if p.strip()],
+        "held_out_inputs": [p.strip() for p in (held_out or "").split("\n") if p.strip()],
+        "output_dir": (output_dir or "").strip(),
+        "tasks": list(tasks or []),
         "templates": dict(zip(TASK_NAMES, templates, strict=True)),
     }
-    if max_chunks:
-        values["max_chunks"] = int(max_chunks)
-    if max_new_tokens:
-        values["max_new_tokens"] = int(max_new_tokens)
+    fraction = form_float(held_out_fraction, field="held-out fraction")
+    if fraction is not None:
+        values["held_out_fraction"] = fraction
+    for key, raw in (("max_chunks", max_chunks), ("max_new_tokens", max_new_tokens)):
+        number = form_int(raw, field=key.replace("_", " "))
+        if number:
+            values[key] = number
     return values
 
 

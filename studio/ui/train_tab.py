@@ -15,6 +15,7 @@ from typing import Any, get_args
 
 import gradio as gr
 
+from studio.forms import form_float, form_int
 from studio.plots import train_chart
 from studio.settings import StudioSettings
 from studio.training import (
@@ -74,14 +75,15 @@ def on_form_apply(
     preset: str | None,
     seq_len: float | None,
 ) -> str:
-    """The YAML with the form's fields applied (API: /train_form)."""
+    """The YAML with the form's fields applied (API: /train_form); an empty (or 0) number leaves
+    the config's value, NaN or infinity is refused in a sentence."""
     return apply_form(
         config_yaml,
         model=model or None,
-        max_steps=int(max_steps) if max_steps else None,
-        lr=lr or None,
+        max_steps=form_int(max_steps, field="max_steps") or None,
+        lr=form_float(lr, field="lr") or None,
         preset=preset or None,
-        seq_len=int(seq_len) if seq_len else None,
+        seq_len=form_int(seq_len, field="seq_len") or None,
     )
 
 
