@@ -25,6 +25,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from studio import plots
+from studio.demo_assets import DemoProbe, demo_probe
 from studio.forms import form_float
 from studio.merging.diagnostics import DiagnosticsReport
 from studio.merging.preview import (
@@ -184,6 +185,10 @@ def build_preview_panel(settings: StudioSettings, recipe_yaml: gr.Code) -> None:
     """The live preview and diagnostics controls, wired to `recipe_yaml` (call inside a tab)."""
     previews = PreviewRegistry(factory=functools.partial(LivePreview, settings=settings))
     bind = functools.partial
+    # The app opens on the demo zoo: probe it with the demo domain's own text when shipped.
+    probe = demo_probe() or DemoProbe(
+        DEFAULT_DOMAIN_TEXT, DEFAULT_GENERAL_TEXT, DEFAULT_PROBE_PROMPT
+    )
     with gr.Group():
         gr.Markdown("### Live preview")
         with gr.Row():
@@ -192,11 +197,11 @@ def build_preview_panel(settings: StudioSettings, recipe_yaml: gr.Code) -> None:
                 label="Live preview",
                 info="re-merge in memory and probe on every slider release",
             )
-            prompt = gr.Textbox(DEFAULT_PROBE_PROMPT, label="Probe prompt", scale=3)
+            prompt = gr.Textbox(probe.prompt, label="Probe prompt", scale=3)
             preview = gr.Button("Preview now", scale=1)
         with gr.Accordion("Probe texts (perplexity)", open=False):
-            domain = gr.Textbox(DEFAULT_DOMAIN_TEXT, label="Domain text", lines=3)
-            general = gr.Textbox(DEFAULT_GENERAL_TEXT, label="General text", lines=3)
+            domain = gr.Textbox(probe.domain_text, label="Domain text", lines=3)
+            general = gr.Textbox(probe.general_text, label="General text", lines=3)
         summary = gr.Markdown()
         probe_plot = gr.Plot(label="Perplexity: merged vs parents")
         result = gr.JSON(label="Preview result", visible=False)
