@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,8 +54,13 @@ def test_the_app_opens_on_the_shipped_zoo() -> None:
 
 
 @pytest.mark.slow
-def test_build_script_trains_three_stages_with_the_projects_pipelines(tmp_path: Path) -> None:
+def test_build_script_trains_three_stages_with_the_projects_pipelines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A 1%-length build: the real pipelines run, each stage starts from the right weights."""
+    # The build widens this process's roots (os.environ); monkeypatch puts them back after.
+    for variable in ("STUDIO_MODEL_ROOTS", "STUDIO_DATA_ROOTS"):
+        monkeypatch.setenv(variable, os.environ.get(variable, ""))
     try:
         zoo = build_demo_zoo(
             out_dir=tmp_path / "zoo", data_dir=tmp_path / "data", work=tmp_path / "work", scale=0.01

@@ -181,8 +181,11 @@ def test_sweep_chart_draws_points_and_parent_lines(
     curve = fig.data[0]
     assert list(curve.x) == [0.0, 1.0]
     assert list(curve.y) == [r.score for r in report.rows if r.value is not None]
-    dashed = [t for t in fig.data if t.line.dash == "dash"]
-    assert {t.name.split(" · ")[0] for t in dashed} == {"cpt", "chat"}
+    # Parents: horizontal lines in the task's colour, one dash style each.
+    references = [t for t in fig.data if t.mode == "lines"]
+    assert {t.name.split(" · ")[0] for t in references} == {"cpt", "chat"}
+    assert len({t.line.dash for t in references}) == 2
+    assert {t.line.color for t in references} == {curve.line.color}
     assert ScoreReport.from_json(report.to_json()) == report
 
 
