@@ -89,24 +89,26 @@ def _fmt(value: float) -> str:
 
 
 def save_chart(report: ScoreReport, out: Path, title: str) -> None:
+    """<out>.html (interactive, plotly from its CDN) and, when Playwright and Chromium are there
+    (as for the browser tests), <out>.png for the README, drawn from a self-contained copy."""
+    import tempfile
+
     fig = sweep_chart(report, title=title)
     fig.write_html(out.with_suffix(".html"), include_plotlyjs="cdn")
-    try:  # a PNG for the README, drawn by the same Chromium the browser tests use
+    try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return
-    html = out.with_suffix(".html").resolve()
-    fig.write_html(html, include_plotlyjs=True)
-    with sync_playwright() as p:
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        html = Path(tmp) / "chart.html"
+        fig.write_html(html, include_plotlyjs=True)  # the screenshot must not need the network
         browser = p.chromium.launch(executable_path=_chromium())
-        page = browser.new_page(
-            viewport={"width": 900, "height": 260 * len(fig.layout.annotations) + 120}
-        )
+        height = 260 * len(fig.layout.annotations) + 120
+        page = browser.new_page(viewport={"width": 900, "height": height})
         page.goto(html.as_uri())
         page.wait_for_selector(".plot-container")
         page.screenshot(path=str(out.with_suffix(".png")), full_page=True)
         browser.close()
-    fig.write_html(html, include_plotlyjs="cdn")  # keep the committed HTML small
 
 
 def _chromium() -> str:
