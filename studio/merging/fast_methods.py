@@ -48,6 +48,8 @@ from dataclasses import dataclass
 
 import torch
 
+from studio.merging import native
+
 LOG = logging.getLogger(__name__)
 
 FAST_METHODS = frozenset({"linear", "slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"})
@@ -92,6 +94,17 @@ def store(dest: torch.Tensor, value: torch.Tensor, via: Sequence[torch.dtype]) -
 # -- linear ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LinearTarget:
+    """One output tensor of a linear merge: its inputs in mergekit's model order (promoted to
+    one dtype), their weights, and the dtypes the result is rounded through after the inputs'."""
+
+    out: torch.Tensor
+    tensors: Sequence[torch.Tensor]
+    weights: Sequence[float]
+    via: Sequence[torch.dtype] = ()
+
+
 def linear_into(
     out: torch.Tensor,
     tensors: Sequence[torch.Tensor],
@@ -100,19 +113,51 @@ def linear_into(
     normalize: bool,
     via: Sequence[torch.dtype] = (),
 ) -> None:
-    """Weighted average as mergekit.merge_methods.linear.linear_merge computes it, into `out`.
+    """Weighted average as mergekit.merge_methods.linear.linear_merge computes it, into `out`."""
+    linear_many_into([LinearTarget(out, tensors, weights, tuple(via))], normalize=normalize)
 
-    `tensors` are in the group's promoted dtype, in mergekit's model order. Per element: start
-    from +0 in float32, add input * weight (one addcmul_ per input, in order), divide by the
-    float32 sum of the weights, round to the inputs' dtype (then through `via`).
-    """
-    first = tensors[0]
+
+def linear_many_into(targets: Sequence[LinearTarget], *, normalize: bool) -> None:
+    """Every tensor of a linear merge: one native pass over those the kernel handles (see
+    native.py), eager torch for the rest; the results are the same either way."""
+    jobs: list[native.LinearJob] = []
+    eager: list[LinearTarget] = []
+    # (1, N) weights and their sum, made once per distinct weights (usually one for the model).
+    weight_rows: dict[tuple[torch.dtype, tuple[float, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
+    for target in targets:
+        first = target.tensors[0]
+        key = (work_dtype(first.dtype), tuple(target.weights))
+        if key not in weight_rows:
+            weight = torch.tensor([key[1]], dtype=key[0])
+            weight_rows[key] = weight, weight.sum(dim=1)
+        job = native.LinearJob(target.out, target.tensors, *weight_rows[key])
+        fits = (
+            tuple(target.via) in {(), (first.dtype,)}
+            and job.handled()
+            and (not jobs or (first.dtype, len(target.tensors)) == _linear_kind(jobs[0]))
+        )
+        (jobs if fits else eager).append(job if fits else target)
+    if not native.linear(jobs, normalize=normalize):
+        eager = list(targets)
+    for target in eager:
+        _linear_eager(target, normalize=normalize)
+
+
+def _linear_kind(job: native.LinearJob) -> tuple[torch.dtype, int]:
+    return job.tensors[0].dtype, len(job.tensors)
+
+
+def _linear_eager(target: LinearTarget, *, normalize: bool) -> None:
+    """Per element: start from +0 in float32, add input * weight (one addcmul_ per input, in
+    order), divide by the float32 sum of the weights, round to the inputs' dtype (then through
+    `via`) -- mergekit's arithmetic, in L2-sized chunks."""
+    tensors, first = target.tensors, target.tensors[0]
     dtype = work_dtype(first.dtype)
-    weight = torch.tensor([list(weights)], dtype=dtype)  # (1, N): one group, N inputs
+    weight = torch.tensor([list(target.weights)], dtype=dtype)  # (1, N): one group, N inputs
     coefficients = [c.reshape(1, 1) for c in weight.unbind(1)]
     denominator = weight.sum(dim=1).reshape(1, 1)
     flats = [t.reshape(1, -1) for t in tensors]  # (1, n)
-    dest = out.reshape(1, -1)
+    dest = target.out.reshape(1, -1)
     scratch = torch.empty((1, min(CHUNK_ELEMENTS, first.numel())), dtype=dtype)
     for start, stop in chunks(first.numel()):
         acc = scratch[:, : stop - start].zero_()
@@ -120,7 +165,7 @@ def linear_into(
             acc.addcmul_(flat[:, start:stop], coefficient)  # float32 += x * w
         if normalize:
             acc.div_(denominator)
-        store(dest[:, start:stop], acc, (first.dtype, *via))
+        store(dest[:, start:stop], acc, (first.dtype, *target.via))
 
 
 # -- slerp -----------------------------------------------------------------------------------
@@ -425,11 +470,46 @@ def sparsify_into(
         delta = flat_parent[start:stop] - flat_base[start:stop]  # mergekit: entry.tensor - base
         torch.mul(delta, keep(delta, start, stop), out=flat_out[start:stop])
     if rescale:
-        if before_scale is None:
-            before_scale = (parent - base).abs().sum()
-        after_scale = out.abs().sum()
-        if not (before_scale < RESCALE_EPS or after_scale < RESCALE_EPS):
-            out.mul_(before_scale / after_scale)
+        _l1_rescale(out, parent, base, before_scale)
+
+
+def _l1_rescale(
+    out: torch.Tensor, parent: torch.Tensor, base: torch.Tensor, before_scale: torch.Tensor | None
+) -> None:
+    """mergekit's L1 rescale of a sparsified task vector, sums over the whole tensor."""
+    if before_scale is None:
+        before_scale = (parent - base).abs().sum()
+    after_scale = out.abs().sum()
+    if not (before_scale < RESCALE_EPS or after_scale < RESCALE_EPS):
+        out.mul_(before_scale / after_scale)
+
+
+def trim_into(
+    out: torch.Tensor,
+    parent: torch.Tensor,
+    base: torch.Tensor,
+    threshold: MagnitudeThreshold,
+    *,
+    rescale: bool,
+    before_scale: torch.Tensor | None = None,
+) -> None:
+    """`sparsify_into` with a ThresholdKeep mask (TIES trimming): in one native pass when the
+    kernels take the tensors (plus a scan for where the kept ties end), else chunk by chunk."""
+    ties = threshold.k - threshold.greater if threshold.straddles else None
+    cutoff = out.numel() if ties is None else native.tie_cutoff(parent, base, threshold.value, ties)
+    if cutoff is not None and native.trim(out, parent, base, threshold.value, cutoff):
+        if rescale:
+            _l1_rescale(out, parent, base, before_scale)
+        return
+    by_threshold = ThresholdKeep(threshold)
+    sparsify_into(
+        out,
+        parent,
+        base,
+        keep=lambda delta, start, stop: by_threshold(delta),
+        rescale=rescale,
+        before_scale=before_scale,
+    )
 
 
 # -- combining task vectors ----------------------------------------------------------------------
@@ -545,6 +625,17 @@ def combine_into(
         both_sum_is_zero = bool(pair_sum == 0)
         pair_sum[pair_sum.abs() < WEIGHT_SUM_EPS] = 1
         direct = not via and out.dtype == base.dtype
+        settings = native.PairSettings(
+            w0=float(w[0]),
+            w1=float(w[1]),
+            pair_sum=float(pair_sum[0]),
+            lambda_=lambda_,
+            consensus=consensus,
+            normalize=normalize,
+            both_sum_is_zero=both_sum_is_zero,
+        )
+        if direct and native.combine_pair(out, base, deltas[0], deltas[1], settings):
+            return
         for start, stop in chunks(flat_base.numel()):
             merged = _combine_pair_chunk(
                 flat_base[start:stop],

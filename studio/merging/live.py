@@ -487,8 +487,10 @@ class LiveMerger:
             task_vector_rows_rebuilt=report.rebuilt,
         )
 
-    def _inputs(self, tensor: PlannedTensor) -> list[torch.Tensor]:
+    def _inputs(self, tensor: PlannedTensor, plan: LivePlan | None = None) -> list[torch.Tensor]:
         """The tensor's inputs in mergekit's model order, promoted to one dtype."""
+        if plan is not None and tensor.name in plan.inputs:
+            return plan.inputs[tensor.name]
         inputs = [
             self._tensors[model_key(m)][source]
             for m, source in zip(tensor.models, tensor.sources, strict=True)
@@ -496,6 +498,8 @@ class LiveMerger:
         dtype = inputs[0].dtype
         for other in inputs[1:]:
             dtype = torch.promote_types(dtype, other.dtype)
+        if plan is not None and all(t.dtype == dtype for t in inputs):
+            plan.inputs[tensor.name] = inputs  # references only: promoted copies are not kept
         return [t.to(dtype) for t in inputs]
 
     def _iter_fast(
@@ -521,6 +525,9 @@ class LiveMerger:
             stream = store.prepare_stream(
                 plan.method, plan.tensors, params, dtype=first.dtype, seed=seed, numels=numels
             )
+        if plan.method == "linear":
+            yield from self._iter_linear(plan, params, skip=skip, dest=dest)
+            return
         for tensor, values in zip(plan.tensors, params, strict=True):
             if tensor.name in skip:
                 continue
@@ -540,6 +547,35 @@ class LiveMerger:
                 report=report,
             )
             yield tensor.name, out
+
+    def _iter_linear(
+        self,
+        plan: LivePlan,
+        params: Sequence[ResolvedParameters],
+        *,
+        skip: frozenset[str],
+        dest: Destination,
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """A linear merge, every tensor at once: one native pass over the whole model."""
+        done: list[tuple[str, torch.Tensor]] = []
+        targets: dict[bool, list[fm.LinearTarget]] = {True: [], False: []}  # by `normalize`
+        for tensor, values in zip(plan.tensors, params, strict=True):
+            if tensor.name in skip:
+                continue
+            inputs = self._inputs(tensor, plan)
+            via = (dtype_from_name(tensor.out_dtype),) if tensor.out_dtype else ()
+            out = dest(tensor.name, inputs[0].shape, via[0] if via else inputs[0].dtype)
+            if inputs[0].is_floating_point():
+                weights = [values.per_input[m]["weight"] for m in tensor.models]
+                targets[bool(values.shared["normalize"])].append(
+                    fm.LinearTarget(out, inputs, weights, via)
+                )
+            else:
+                fm.store(out, _copy_buffer(tensor.name, inputs), via)
+            done.append((tensor.name, out))
+        for normalize, group in targets.items():
+            fm.linear_many_into(group, normalize=normalize)
+        yield from done
 
     def _merge_into(
         self,

@@ -175,6 +175,9 @@ class LivePlan:
     context: MergekitContext
     slow_reason: str | None = None  # why the fast kernels cannot be used, if they cannot
     _resolved: dict[str, tuple[ResolvedParameters, ...]] = field(default_factory=dict)
+    # The owning LiveMerger's input tensors by output name (references to the tensors it holds,
+    # never copies), so a slider move does not look each model up again.
+    inputs: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
     @property
     def fast(self) -> bool:
@@ -194,11 +197,18 @@ class LivePlan:
             config.model_copy(deep=True), ctx.arch_info, ctx.options, ctx.out_config
         )
         spec = merge_methods.get(self.method).spec
+        # Scalar parameters resolve the same for every tensor of one model set: resolve one
+        # tensor per set (mergekit's resolver costs ~0.1 ms a tensor, 30 ms a 135M model).
+        uniform = _uniform_parameters(config)
+        by_models: dict[tuple[ModelReference, ...], ResolvedParameters] = {}
         try:
             planner.normalize_config()
             readers: dict[tuple[str, int], ConfigReader] = {}
             resolved = []
             for tensor in self.tensors:
+                if uniform and tensor.models in by_models:
+                    resolved.append(by_models[tensor.models])
+                    continue
                 where = (tensor.module, tensor.slice_index)
                 if where not in readers:
                     module = planner.config.modules[tensor.module]
@@ -218,9 +228,21 @@ class LivePlan:
                     t=tensor.t,
                 )
                 resolved.append(ResolvedParameters(shared=shared, per_input=per_input))
+                by_models[tensor.models] = resolved[-1]
         except (RuntimeError, ValueError, ValidationError) as error:
             raise RecipeError(f"The recipe's parameters cannot be resolved: {error}") from error
         return tuple(resolved)
+
+
+def _uniform_parameters(config: MergeConfiguration) -> bool:
+    """True if no parameter can differ between tensors: no slices or modules, and every value
+    (global and per model) a plain scalar -- no gradient list, no tensor-name filter."""
+    if config.slices or config.modules:
+        return False
+    settings = [config.parameters or {}] + [m.parameters or {} for m in config.models or ()]
+    return all(
+        isinstance(value, (bool, int, float, str)) for group in settings for value in group.values()
+    )
 
 
 def plan_structure(config: MergeConfiguration, *, fast_methods: frozenset[str]) -> LivePlan:

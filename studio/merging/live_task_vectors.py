@@ -208,12 +208,11 @@ class TaskVectorStore:
                 index = self.indices[where] = fm.MagnitudeIndex(parent - base)
             threshold = index.threshold(parent - base if index.needs_delta else None, density)
             self.row_ties[where] = threshold.ambiguous
-            by_threshold = fm.ThresholdKeep(threshold)
-            fm.sparsify_into(
+            fm.trim_into(
                 out,
                 parent,
                 base,
-                keep=lambda delta, start, stop: by_threshold(delta),
+                threshold,
                 rescale=rescale,
                 before_scale=self._before_scale(where, parent, base) if rescale else None,
             )

@@ -1,0 +1,349 @@
+/* Fused element-wise merge kernels for the live merger (loaded by studio/merging/native.py).
+ *
+ * Why: eager torch needs several passes over the weights to reproduce mergekit's arithmetic
+ * (each op rounds to the tensors' dtype, which the live merger must match bit for bit); these
+ * kernels do each step in one pass, on several threads, with the same roundings, so a slider
+ * move costs about one read of the inputs. tests/test_native_kernels.py checks every kernel
+ * against the eager path on random values, signed zeros, subnormals, infinities and NaN.
+ *
+ * Compiled with -ffp-contract=off, so the compiler adds no fused multiply-add of its own.
+ * - linear: acc = fmaf(x_i, w_i, acc) per input in order from +0.0f (ATen's CPU addcmul_ kernel
+ *   computes self + t1 * t2 as one FMA), acc / denom in float32, one rounding at the end.
+ * - everything else mirrors one eager torch op per line: a bfloat16 op computes in float32 and
+ *   rounds to nearest even (ATen's vectorized bfloat16 kernels); float32 ops are plain.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { DTYPE_FLOAT32 = 0, DTYPE_BFLOAT16 = 1 };
+enum { BLOCK = 512, MAX_INPUTS = 16, MAX_THREADS = 64, MIN_PER_THREAD = 1 << 16 };
+
+static inline float bf16_to_f32(uint16_t half) {
+    uint32_t bits = (uint32_t)half << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+/* Round to nearest even, NaN -> 0x7FC0, as c10::BFloat16 does (a select, not a branch, so
+ * loops calling it vectorize). */
+static inline uint16_t f32_to_bf16(float value) {
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    uint16_t rounded_bits = (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    return value != value ? (uint16_t)0x7FC0 : rounded_bits;
+}
+
+/* -- threads ----------------------------------------------------------------------------------- */
+
+typedef void (*RangeFn)(const void *ctx, int64_t start, int64_t stop);
+
+typedef struct {
+    RangeFn fn;
+    const void *ctx;
+    int64_t start;
+    int64_t stop;
+} Range;
+
+static void *run_range(void *arg) {
+    const Range *range = (const Range *)arg;
+    range->fn(range->ctx, range->start, range->stop);
+    return NULL;
+}
+
+/* fn(ctx, start, stop) over [0, total) split evenly over up to `threads` threads, one thread per
+ * MIN_PER_THREAD elements at most; the calling thread does the first span. */
+static void parallel_for(int64_t total, int threads, RangeFn fn, const void *ctx) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > total / MIN_PER_THREAD) threads = (int)(total / MIN_PER_THREAD);
+    if (threads < 1) threads = 1;
+    int64_t per = (total + threads - 1) / threads;
+    per = (per + BLOCK - 1) / BLOCK * BLOCK; /* spans start on block boundaries */
+    Range ranges[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    for (int t = 0; t < threads; t++) {
+        int64_t start = (int64_t)t * per < total ? (int64_t)t * per : total;
+        int64_t stop = start + per < total ? start + per : total;
+        Range range = {fn, ctx, start, stop};
+        ranges[t] = range;
+    }
+    int started = 0;
+    for (int t = 1; t < threads; t++) {
+        if (pthread_create(&ids[t], NULL, run_range, &ranges[t]) != 0) break;
+        started = t;
+    }
+    run_range(&ranges[0]);
+    for (int t = started + 1; t < threads; t++) run_range(&ranges[t]); /* threads not started */
+    for (int t = 1; t <= started; t++) pthread_join(ids[t], NULL);
+}
+
+/* -- linear ------------------------------------------------------------------------------------ */
+
+/* One output tensor: out = round(sum_j inputs[j] * weights[j] (/ denom)). */
+typedef struct {
+    const void *const *inputs; /* `count` pointers */
+    const float *weights;      /* `count` weights */
+    float denom;
+    void *out;
+    int64_t numel;
+} LinearTensor;
+
+typedef struct {
+    int dtype;
+    int count;
+    int normalize;
+    const LinearTensor *tensors;
+    int64_t ntensors;
+} LinearCall;
+
+/* Elements [start, start + len) of one tensor, len <= BLOCK: the accumulators stay in L1 while
+ * each input streams through. */
+static void linear_block(const LinearCall *call, const LinearTensor *t, int64_t start, int64_t len) {
+    float acc[BLOCK];
+    for (int64_t i = 0; i < len; i++) acc[i] = 0.0f;
+    for (int j = 0; j < call->count; j++) {
+        const float w = t->weights[j];
+        if (call->dtype == DTYPE_BFLOAT16) {
+            const uint16_t *x = (const uint16_t *)t->inputs[j] + start;
+            for (int64_t i = 0; i < len; i++) acc[i] = fmaf(bf16_to_f32(x[i]), w, acc[i]);
+        } else {
+            const float *x = (const float *)t->inputs[j] + start;
+            for (int64_t i = 0; i < len; i++) acc[i] = fmaf(x[i], w, acc[i]);
+        }
+    }
+    if (call->normalize) {
+        const float d = t->denom;
+        for (int64_t i = 0; i < len; i++) acc[i] = acc[i] / d;
+    }
+    if (call->dtype == DTYPE_BFLOAT16) {
+        uint16_t *out = (uint16_t *)t->out + start;
+        for (int64_t i = 0; i < len; i++) out[i] = f32_to_bf16(acc[i]);
+    } else {
+        memcpy((float *)t->out + start, acc, (size_t)len * sizeof(float));
+    }
+}
+
+/* Elements [start, stop) of the tensors laid end to end. */
+static void linear_range(const void *ctx, int64_t start, int64_t stop) {
+    const LinearCall *call = (const LinearCall *)ctx;
+    int64_t offset = 0; /* where the current tensor starts */
+    for (int64_t k = 0; k < call->ntensors && offset < stop; k++) {
+        const LinearTensor *t = &call->tensors[k];
+        int64_t lo = start > offset ? start - offset : 0;
+        int64_t hi = stop - offset < t->numel ? stop - offset : t->numel;
+        for (int64_t s = lo; s < hi; s += BLOCK) linear_block(call, t, s, hi - s < BLOCK ? hi - s : BLOCK);
+        offset += t->numel;
+    }
+}
+
+/* Every tensor of a linear merge in one call, its elements split evenly over up to `threads`
+ * threads (one thread per MIN_PER_THREAD elements at most). Returns 0, or -1 for arguments it
+ * does not handle (the caller then runs eager torch). */
+int studio_linear(int dtype, int count, int normalize, const LinearTensor *tensors,
+                  int64_t ntensors, int threads) {
+    if ((dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) || count < 1 || count > MAX_INPUTS)
+        return -1;
+    int64_t total = 0;
+    for (int64_t k = 0; k < ntensors; k++) total += tensors[k].numel;
+    LinearCall call = {dtype, count, normalize, tensors, ntensors};
+    parallel_for(total, threads, linear_range, &call);
+    return 0;
+}
+
+/* -- task vectors: TIES trimming and combining two task vectors -------------------------------- */
+
+static inline float load(int bf16, const void *data, int64_t i) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)data)[i]) : ((const float *)data)[i];
+}
+
+static inline void put(int bf16, void *data, int64_t i, float value) {
+    if (bf16)
+        ((uint16_t *)data)[i] = f32_to_bf16(value);
+    else
+        ((float *)data)[i] = value;
+}
+
+/* The result of one eager op in the tensors' dtype. */
+static inline float rounded(int bf16, float value) {
+    return bf16 ? bf16_to_f32(f32_to_bf16(value)) : value;
+}
+
+/* torch.sign (+0 for either zero and for NaN) and torch.relu (keeps -0 and NaN). */
+static inline float sign_of(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
+static inline float relu(float x) { return x < 0.0f ? 0.0f : x; }
+
+typedef struct {
+    int bf16;
+    const void *parent;
+    const void *base;
+    void *out;
+    float threshold;
+    int64_t tie_cutoff;
+} TrimCall;
+
+/* fast_methods.sparsify_into with a ThresholdKeep: out = (parent - base) * keep, where keep is 1
+ * for |d| > threshold, and for |d| == threshold at flat positions before tie_cutoff. */
+/* Keep |d| >= threshold (ties kept) or |d| > threshold, over [start, stop). */
+static inline __attribute__((always_inline)) void trim_span_as(int bf16, int keep_ties,
+                                                              const TrimCall *call,
+                                                              int64_t start, int64_t stop) {
+    const void *parent = call->parent, *base = call->base;
+    void *out = call->out;
+    const float threshold = call->threshold;
+    for (int64_t i = start; i < stop; i++) {
+        float delta = rounded(bf16, load(bf16, parent, i) - load(bf16, base, i));
+        float magnitude = fabsf(delta);
+        /* a float select: an int-to-float conversion here stops the vectorizer */
+        float keep = (keep_ties ? magnitude >= threshold : magnitude > threshold) ? 1.0f : 0.0f;
+        put(bf16, out, i, delta * keep);
+    }
+}
+
+/* Tied elements are kept before tie_cutoff and dropped from it on: two loops, so neither mixes
+ * an index test into the float lanes (the vectorizer gives up on that). */
+static inline __attribute__((always_inline)) void trim_range_as(int bf16, const TrimCall *call,
+                                                               int64_t start, int64_t stop) {
+    int64_t middle = call->tie_cutoff < start ? start : call->tie_cutoff;
+    middle = middle > stop ? stop : middle;
+    trim_span_as(bf16, 1, call, start, middle);
+    trim_span_as(bf16, 0, call, middle, stop);
+}
+
+static void trim_range(const void *ctx, int64_t start, int64_t stop) {
+    const TrimCall *call = (const TrimCall *)ctx;
+    if (call->bf16)
+        trim_range_as(1, call, start, stop);
+    else
+        trim_range_as(0, call, start, stop);
+}
+
+int studio_trim(int dtype, const void *parent, const void *base, void *out, int64_t numel,
+                float threshold, int64_t tie_cutoff, int threads) {
+    if (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) return -1;
+    TrimCall call = {dtype == DTYPE_BFLOAT16, parent, base, out, threshold, tie_cutoff};
+    parallel_for(numel, threads, trim_range, &call);
+    return 0;
+}
+
+/* The flat position just after the `ties`-th element with |parent - base| == threshold (0 for
+ * no ties, numel if there are fewer): trimming keeps the tied elements before it. */
+static inline __attribute__((always_inline)) int64_t tie_cutoff_as(int bf16, const void *parent,
+                                                                    const void *base,
+                                                                    int64_t numel, float threshold,
+                                                                    int64_t ties) {
+    for (int64_t s = 0; s < numel; s += BLOCK) {
+        int64_t len = numel - s < BLOCK ? numel - s : BLOCK;
+        int32_t tied = 0; /* an integer sum: a float one would not vectorize */
+        for (int64_t i = s; i < s + len; i++) {
+            float delta = rounded(bf16, load(bf16, parent, i) - load(bf16, base, i));
+            tied += fabsf(delta) == threshold ? 1 : 0;
+        }
+        if (tied < ties) {
+            ties -= tied;
+            continue;
+        }
+        for (int64_t i = s; i < s + len; i++) { /* the block holding the last kept tie */
+            float delta = rounded(bf16, load(bf16, parent, i) - load(bf16, base, i));
+            if (fabsf(delta) == threshold && --ties == 0) return i + 1;
+        }
+    }
+    return numel;
+}
+
+int64_t studio_tie_cutoff(int dtype, const void *parent, const void *base, int64_t numel,
+                          float threshold, int64_t ties) {
+    if (ties <= 0) return 0;
+    if (dtype == DTYPE_BFLOAT16) return tie_cutoff_as(1, parent, base, numel, threshold, ties);
+    return tie_cutoff_as(0, parent, base, numel, threshold, ties);
+}
+
+typedef struct {
+    int bf16;
+    const void *base;
+    const void *first;
+    const void *second;
+    void *out;
+    float w0, w1;   /* the weights rounded to the dtype */
+    float pair_sum; /* w0 + w1 in the dtype, 1 where mergekit replaces a ~0 sum */
+    float lambda;
+    float max_finite; /* nan_to_num's replacement for +inf */
+    int consensus;
+    int normalize;
+    int both_sum_is_zero;
+} PairCall;
+
+/* fast_methods._combine_pair_chunk, one eager op per line, BLOCK elements at a time (each
+ * step a simple loop, so the compiler vectorizes it). */
+static inline __attribute__((always_inline)) void pair_block_as(int bf16, const PairCall *c,
+                                                               int64_t start, int64_t len) {
+    float dw1[BLOCK], dw2[BLOCK], mixed[BLOCK], divisor[BLOCK];
+    for (int64_t i = 0; i < len; i++) {
+        dw1[i] = rounded(bf16, load(bf16, c->first, start + i) * c->w0);
+        dw2[i] = rounded(bf16, load(bf16, c->second, start + i) * c->w1);
+    }
+    if (!c->consensus) {
+        for (int64_t i = 0; i < len; i++) mixed[i] = rounded(bf16, dw1[i] + dw2[i]);
+        if (c->normalize)
+            for (int64_t i = 0; i < len; i++) mixed[i] = rounded(bf16, mixed[i] / c->pair_sum);
+    } else {
+        for (int64_t i = 0; i < len; i++) {
+            /* sign(sign(S) + 0.5): -1 below zero, +1 otherwise (also for NaN: sign(NaN) = 0) */
+            float majority = rounded(bf16, dw1[i] + dw2[i]) < 0.0f ? -1.0f : 1.0f;
+            float agree1 = relu(sign_of(dw1[i]) * majority);
+            float agree2 = relu(sign_of(dw2[i]) * majority);
+            mixed[i] = rounded(bf16, rounded(bf16, dw1[i] * agree1) +
+                                         rounded(bf16, dw2[i] * agree2));
+            divisor[i] =
+                rounded(bf16, rounded(bf16, agree1 * c->w0) + rounded(bf16, agree2 * c->w1));
+        }
+        if (c->normalize && c->both_sum_is_zero) {
+            for (int64_t i = 0; i < len; i++) {
+                float d = rounded(bf16, divisor[i] + (1.0f - fabsf(sign_of(divisor[i]))));
+                mixed[i] = rounded(bf16, mixed[i] / d);
+            }
+        } else if (c->normalize) {
+            const float max_finite = c->max_finite;
+            for (int64_t i = 0; i < len; i++) {
+                float value = rounded(bf16, mixed[i] / divisor[i]);
+                /* nan_to_num_(nan=0.0), written as comparisons so the loop vectorizes */
+                value = value != value ? 0.0f : value;
+                value = fabsf(value) == INFINITY ? copysignf(max_finite, value) : value;
+                mixed[i] = value;
+            }
+        }
+    }
+    if (c->lambda != 1.0f)
+        for (int64_t i = 0; i < len; i++) mixed[i] = rounded(bf16, mixed[i] * c->lambda);
+    for (int64_t i = 0; i < len; i++)
+        put(bf16, c->out, start + i, mixed[i] + load(bf16, c->base, start + i));
+}
+
+static inline __attribute__((always_inline)) void pair_range_as(int bf16, const PairCall *c,
+                                                               int64_t start, int64_t stop) {
+    for (int64_t s = start; s < stop; s += BLOCK)
+        pair_block_as(bf16, c, s, stop - s < BLOCK ? stop - s : BLOCK);
+}
+
+static void pair_range(const void *ctx, int64_t start, int64_t stop) {
+    const PairCall *call = (const PairCall *)ctx;
+    if (call->bf16)
+        pair_range_as(1, call, start, stop);
+    else
+        pair_range_as(0, call, start, stop);
+}
+
+int studio_combine_pair(int dtype, const void *base, const void *first, const void *second,
+                        void *out, int64_t numel, float w0, float w1, float pair_sum,
+                        float lambda, int consensus, int normalize, int both_sum_is_zero,
+                        int threads) {
+    if (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) return -1;
+    int bf16 = dtype == DTYPE_BFLOAT16;
+    float max_finite = bf16 ? bf16_to_f32(0x7F7F) : 3.4028234663852886e38f;
+    PairCall call = {bf16,     base,       first,      second,    out,
+                     w0,       w1,         pair_sum,   lambda,    max_finite,
+                     consensus, normalize, both_sum_is_zero};
+    parallel_for(numel, threads, pair_range, &call);
+    return 0;
+}
