@@ -17,10 +17,9 @@ def _values(n: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
         torch.randn(n, generator=generator)
         * torch.logspace(-30, 30, n)[torch.randperm(n, generator=generator)]
     )
-    special = torch.tensor(SPECIAL)
-    values[: len(SPECIAL) * 50] = special.repeat(50)[
-        torch.randperm(len(SPECIAL) * 50, generator=generator)
-    ]
+    special = torch.tensor(SPECIAL).repeat(50)
+    special = special[torch.randperm(len(special), generator=generator)][:n]
+    values[: len(special)] = special
     return values.to(dtype)
 
 
@@ -82,11 +81,9 @@ def test_native_linear_declines_what_it_does_not_handle():
 
     half = torch.ones(10_000, dtype=torch.float16)
     strided = torch.ones(100, 100)[:, ::2]
-    small = torch.ones(10)  # too small to be worth a call
     for unhandled in (
         job(torch.empty_like(half), half),
         job(torch.empty(100, 50), strided),
-        job(torch.empty(10), small),
     ):
         assert not unhandled.handled()
         assert not native.linear([unhandled], normalize=True)
@@ -118,7 +115,7 @@ def test_disabled_by_the_environment(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_one_call_over_many_tensors_equals_eager(dtype, monkeypatch):
     # Thread spans cross tensor boundaries: every tensor must still come out whole and exact.
-    sizes = [5000, 70_001, 4096, 200_003, 9999]
+    sizes = [5000, 70_001, 7, 4096, 200_003, 576, 9999]
     weights = [0.8, -0.35]
     weight = torch.tensor([weights], dtype=torch.float32)
     inputs = [[_values(n, dtype, seed + 10 * i) for seed in range(2)] for i, n in enumerate(sizes)]
@@ -211,3 +208,23 @@ def _settings(dtype, weights, lambda_, normalize, consensus) -> native.PairSetti
         normalize=normalize,
         both_sum_is_zero=float(w.sum()) == 0,
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("density", [0.25, 0.9])
+@pytest.mark.parametrize("rescale", [True, False])
+def test_native_drop_equals_eager(dtype, density, rescale):
+    n = 2 * (1 << 16) + 77
+    parent, base = _finite_values(n, dtype, 6), _finite_values(n, dtype, 7)
+    work = fm.random_work_dtype(dtype)
+    codes = fm.uniform_codes(n, torch.Generator().manual_seed(0), work)
+    keep = fm.CodesKeep.create(codes, density, work)
+    assert keep is not None
+    fast, slow = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
+    assert native.drop(fast, parent, base, codes, keep.cutoff)  # the native kernel runs here
+    kept = float((fast != 0).float().mean())
+    nonzero = float(((parent - base) != 0).float().mean())
+    assert abs(kept - density * nonzero) < 0.02  # the mask really drops about 1 - density
+    fm.drop_into(fast, parent, base, keep, rescale=rescale)
+    fm.sparsify_into(slow, parent, base, keep=keep, rescale=rescale)
+    _same_bits(fast, slow)

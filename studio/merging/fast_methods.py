@@ -484,6 +484,24 @@ def _l1_rescale(
         out.mul_(before_scale / after_scale)
 
 
+def drop_into(
+    out: torch.Tensor,
+    parent: torch.Tensor,
+    base: torch.Tensor,
+    keep: Callable[[torch.Tensor | None, int, int], torch.Tensor],
+    *,
+    rescale: bool,
+    before_scale: torch.Tensor | None = None,
+) -> None:
+    """`sparsify_into` with a DARE mask: in one native pass when the mask comes from stored
+    codes (`CodesKeep`) and the kernels take the tensors, else chunk by chunk."""
+    if isinstance(keep, CodesKeep) and native.drop(out, parent, base, keep.codes, keep.cutoff):
+        if rescale:
+            _l1_rescale(out, parent, base, before_scale)
+        return
+    sparsify_into(out, parent, base, keep=keep, rescale=rescale, before_scale=before_scale)
+
+
 def trim_into(
     out: torch.Tensor,
     parent: torch.Tensor,

@@ -261,6 +261,49 @@ int64_t studio_tie_cutoff(int dtype, const void *parent, const void *base, int64
 
 typedef struct {
     int bf16;
+    int wide_codes; /* int32 codes (float32 work dtype) rather than int16 */
+    const void *parent;
+    const void *base;
+    const void *codes;
+    int32_t cutoff;
+    void *out;
+} DropCall;
+
+/* fast_methods.sparsify_into with a CodesKeep mask (DARE): out = (parent - base) * keep, where
+ * keep = 1 exactly when the element's uniform code is below the cutoff. */
+static inline __attribute__((always_inline)) void drop_range_as(int bf16, int wide,
+                                                               const DropCall *call,
+                                                               int64_t start, int64_t stop) {
+    const void *parent = call->parent, *base = call->base;
+    void *out = call->out;
+    const int32_t cutoff = call->cutoff;
+    for (int64_t i = start; i < stop; i++) {
+        float delta = rounded(bf16, load(bf16, parent, i) - load(bf16, base, i));
+        int32_t code = wide ? ((const int32_t *)call->codes)[i] : ((const int16_t *)call->codes)[i];
+        put(bf16, out, i, delta * (code < cutoff ? 1.0f : 0.0f));
+    }
+}
+
+static void drop_range(const void *ctx, int64_t start, int64_t stop) {
+    const DropCall *call = (const DropCall *)ctx;
+    if (call->bf16)
+        call->wide_codes ? drop_range_as(1, 1, call, start, stop)
+                         : drop_range_as(1, 0, call, start, stop);
+    else
+        call->wide_codes ? drop_range_as(0, 1, call, start, stop)
+                         : drop_range_as(0, 0, call, start, stop);
+}
+
+int studio_drop(int dtype, const void *parent, const void *base, const void *codes,
+                int wide_codes, int32_t cutoff, void *out, int64_t numel, int threads) {
+    if (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) return -1;
+    DropCall call = {dtype == DTYPE_BFLOAT16, wide_codes, parent, base, codes, cutoff, out};
+    parallel_for(numel, threads, drop_range, &call);
+    return 0;
+}
+
+typedef struct {
+    int bf16;
     const void *base;
     const void *first;
     const void *second;

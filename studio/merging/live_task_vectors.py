@@ -230,7 +230,7 @@ class TaskVectorStore:
             keep = fm.StreamKeep(generator, density, work)
         if work == base.dtype:
             before = self._before_scale(where, parent, base) if rescale else None
-            fm.sparsify_into(out, parent, base, keep=keep, rescale=rescale, before_scale=before)
+            fm.drop_into(out, parent, base, keep, rescale=rescale, before_scale=before)
             return
         # float16/float64 models: mergekit masks and rescales in float32, then casts back
         mask = torch.empty(out.numel(), dtype=work)

@@ -115,17 +115,19 @@ def library() -> ctypes.CDLL | None:
     lib.studio_trim.argtypes = [c_int, vp, vp, vp, i64, f32, i64, c_int]
     lib.studio_tie_cutoff.restype = i64
     lib.studio_tie_cutoff.argtypes = [c_int, vp, vp, i64, f32, i64]
+    lib.studio_drop.restype = c_int
+    lib.studio_drop.argtypes = [c_int, vp, vp, vp, c_int, ctypes.c_int32, vp, i64, c_int]
     lib.studio_combine_pair.restype = c_int
     lib.studio_combine_pair.argtypes = [c_int, vp, vp, vp, vp, i64, f32, f32, f32, f32]
     lib.studio_combine_pair.argtypes += [c_int, c_int, c_int, c_int]
     return lib
 
 
-def _plain(*tensors: torch.Tensor) -> torch.dtype | None:
+def _plain(*tensors: torch.Tensor, min_elements: int = MIN_NATIVE_ELEMENTS) -> torch.dtype | None:
     """The tensors' common dtype if the kernels take them: float32 or bfloat16, one shape,
-    contiguous, on the CPU, big enough to be worth a call; else None."""
+    contiguous, on the CPU, big enough to be worth a call of their own; else None."""
     first = tensors[0]
-    if first.dtype not in _DTYPE_CODES or first.numel() < MIN_NATIVE_ELEMENTS:
+    if first.dtype not in _DTYPE_CODES or first.numel() < min_elements:
         return None
     for t in tensors:
         if t.dtype != first.dtype or t.shape != first.shape or not t.is_contiguous():
@@ -152,6 +154,34 @@ def trim(
         out.numel(),
         threshold,
         tie_cutoff,
+        torch.get_num_threads(),
+    )
+    return status == 0
+
+
+def drop(
+    out: torch.Tensor, parent: torch.Tensor, base: torch.Tensor, codes: torch.Tensor, cutoff: int
+) -> bool:
+    """out = (parent - base) kept where codes < cutoff (fast_methods.CodesKeep's mask, DARE);
+    False if not done here."""
+    dtype = _plain(out, parent, base)
+    wide = codes.dtype == torch.int32
+    if dtype is None or codes.dtype not in (torch.int16, torch.int32) or not codes.is_contiguous():
+        return False
+    if codes.numel() != out.numel():
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    status = lib.studio_drop(
+        _DTYPE_CODES[dtype],
+        parent.data_ptr(),
+        base.data_ptr(),
+        codes.data_ptr(),
+        int(wide),
+        cutoff,
+        out.data_ptr(),
+        out.numel(),
         torch.get_num_threads(),
     )
     return status == 0
@@ -238,11 +268,12 @@ class LinearJob:
     denominator: torch.Tensor
 
     def handled(self) -> bool:
-        """All float32 or all bfloat16, one shape, contiguous CPU tensors, big enough."""
+        """All float32 or all bfloat16, one shape, contiguous CPU tensors (any size: one call
+        serves every tensor of the merge, so small ones cost no call of their own)."""
         return (
             len(self.tensors) <= _MAX_INPUTS
             and self.weights.dtype == torch.float32
-            and _plain(*self.tensors, self.out) is not None
+            and _plain(*self.tensors, self.out, min_elements=1) is not None
         )
 
 
