@@ -228,3 +228,22 @@ def test_native_drop_equals_eager(dtype, density, rescale):
     fm.drop_into(fast, parent, base, keep, rescale=rescale)
     fm.sparsify_into(slow, parent, base, keep=keep, rescale=rescale)
     _same_bits(fast, slow)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t", [0.0, 0.37, 0.8])
+@pytest.mark.parametrize("collinear", [True, False])
+def test_native_slerp_equals_eager(dtype, t, collinear, monkeypatch):
+    n = 2 * (1 << 16) + 99
+    v0 = _finite_values(n, dtype, 8).float().clamp(-1e3, 1e3).to(dtype)
+    v1 = (v0.float() * 1.001).to(dtype) if collinear else _finite_values(n, dtype, 9)
+    v1 = v1.float().clamp(-1e3, 1e3).to(dtype)
+    dot = fm.slerp_dot(v0, v1)
+    assert dot is not None and (abs(float(dot)) > fm.SLERP_DOT_THRESHOLD) == collinear
+    fast, slow = torch.empty(n, dtype=dtype), torch.empty(n, dtype=dtype)
+    assert native.pair_sum(fast, v0, v1, 0.5, 0.5)  # the native kernel runs here
+    fm.slerp_into(fast, v0, v1, t=t, dot=dot)
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "pair_sum", lambda *args: False)
+        fm.slerp_into(slow, v0, v1, t=t, dot=dot)
+    _same_bits(fast, slow)

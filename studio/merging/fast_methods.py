@@ -229,6 +229,9 @@ def slerp_into(
     sin_theta = torch.sin(theta)
     coef_a = torch.where(linear_pair, 1 - t_tensor, torch.sin((1 - t_tensor) * theta) / sin_theta)
     coef_b = torch.where(linear_pair, t_tensor, torch.sin(t_tensor * theta) / sin_theta)
+    if dtype == torch.float32 and tuple(via) in {(), (v0.dtype,)}:
+        if native.pair_sum(out, v0, v1, float(coef_a), float(coef_b)):
+            return
     for start, stop in chunks(a.shape[1]):
         x = a[:, start:stop].to(dtype)
         y = b[:, start:stop].to(dtype)

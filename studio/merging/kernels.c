@@ -390,3 +390,43 @@ int studio_combine_pair(int dtype, const void *base, const void *first, const vo
     parallel_for(numel, threads, pair_range, &call);
     return 0;
 }
+
+/* -- slerp ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    int bf16;
+    const void *a;
+    const void *b;
+    void *out;
+    float coef_a;
+    float coef_b;
+} PairSumCall;
+
+/* mergekit's slerp result `coef_a * x + coef_b * y`: two float32 products and their sum, each
+ * rounded (three eager ops, no fused multiply-add), then one rounding to the dtype. */
+static inline __attribute__((always_inline)) void pair_sum_range_as(int bf16,
+                                                                   const PairSumCall *call,
+                                                                   int64_t start, int64_t stop) {
+    const float ca = call->coef_a, cb = call->coef_b;
+    for (int64_t i = start; i < stop; i++) {
+        float x = ca * load(bf16, call->a, i);
+        float y = cb * load(bf16, call->b, i);
+        put(bf16, call->out, i, x + y);
+    }
+}
+
+static void pair_sum_range(const void *ctx, int64_t start, int64_t stop) {
+    const PairSumCall *call = (const PairSumCall *)ctx;
+    if (call->bf16)
+        pair_sum_range_as(1, call, start, stop);
+    else
+        pair_sum_range_as(0, call, start, stop);
+}
+
+int studio_pair_sum(int dtype, const void *a, const void *b, void *out, int64_t numel,
+                    float coef_a, float coef_b, int threads) {
+    if (dtype != DTYPE_FLOAT32 && dtype != DTYPE_BFLOAT16) return -1;
+    PairSumCall call = {dtype == DTYPE_BFLOAT16, a, b, out, coef_a, coef_b};
+    parallel_for(numel, threads, pair_sum_range, &call);
+    return 0;
+}

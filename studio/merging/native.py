@@ -115,6 +115,8 @@ def library() -> ctypes.CDLL | None:
     lib.studio_trim.argtypes = [c_int, vp, vp, vp, i64, f32, i64, c_int]
     lib.studio_tie_cutoff.restype = i64
     lib.studio_tie_cutoff.argtypes = [c_int, vp, vp, i64, f32, i64]
+    lib.studio_pair_sum.restype = c_int
+    lib.studio_pair_sum.argtypes = [c_int, vp, vp, vp, i64, f32, f32, c_int]
     lib.studio_drop.restype = c_int
     lib.studio_drop.argtypes = [c_int, vp, vp, vp, c_int, ctypes.c_int32, vp, i64, c_int]
     lib.studio_combine_pair.restype = c_int
@@ -154,6 +156,28 @@ def trim(
         out.numel(),
         threshold,
         tie_cutoff,
+        torch.get_num_threads(),
+    )
+    return status == 0
+
+
+def pair_sum(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, coef_a: float, coef_b: float
+) -> bool:
+    """out = coef_a * a + coef_b * b in float32 (no fused multiply-add), rounded once to the
+    dtype: mergekit's SLERP result; False if not done here."""
+    dtype = _plain(out, a, b)
+    lib = library() if dtype is not None else None
+    if lib is None:
+        return False
+    status = lib.studio_pair_sum(
+        _DTYPE_CODES[dtype],
+        a.data_ptr(),
+        b.data_ptr(),
+        out.data_ptr(),
+        out.numel(),
+        coef_a,
+        coef_b,
         torch.get_num_threads(),
     )
     return status == 0
