@@ -453,6 +453,42 @@ def test_form_params_give_a_choice_or_a_recipe_error(params: str, method: str) -
     core_call("choice_from_form", build)
 
 
+@FUZZ
+@given(
+    fields=st.tuples(texts, texts, st.one_of(st.none(), texts), texts),
+    nums=st.tuples(numbers, numbers, numbers),
+    tasks=st.one_of(st.none(), st.lists(texts, max_size=2)),
+    templates=st.tuples(texts, texts, texts),
+)
+def test_synth_api(
+    home: StudioSettings,
+    fields: tuple[str, str, str | None, str],
+    nums: tuple[Any, ...],
+    tasks: list[str] | None,
+    templates: tuple[str, str, str],
+) -> None:
+    """/synth_start with any form values (documents, held-out, generator, output folder, numbers
+    as a client may send them, task names, templates); /synth_status and /synth_cancel with any
+    job id."""
+    from studio.ui import synth_section
+
+    inputs, held_out, generator, output_dir = fields
+    api_call(
+        "/synth_start",
+        synth_section.on_start,
+        home,
+        inputs,
+        held_out,
+        generator,
+        *nums,
+        output_dir,
+        tasks,
+        *templates,
+    )
+    api_call("/synth_status", synth_section.on_status, home, inputs)
+    api_call("/synth_cancel", synth_section.on_cancel, home, held_out)
+
+
 def test_every_public_api_name_was_fuzzed() -> None:
     """The api_names a caller can reach with values (chat_stop/chat_clear/chat_regenerate and
     the tick-driven ones take only session state) are all in the properties above."""
@@ -461,7 +497,7 @@ def test_every_public_api_name_was_fuzzed() -> None:
         "/method_defaults", "/merge_start", "/job_status", "/job_cancel", "/train_config",
         "/train_form", "/train_preview", "/train_start", "/train_status", "/train_stop",
         "/train_resume", "/score", "/sweep", "/checkpoint_sweep", "/score_report", "/preview",
-        "/diagnose", "/chat_vote", "/chat",
+        "/diagnose", "/chat_vote", "/chat", "/synth_start", "/synth_status", "/synth_cancel",
     }  # fmt: skip
     if not TRIED:
         pytest.skip("run with the rest of this file")
