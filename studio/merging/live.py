@@ -559,6 +559,7 @@ class LiveMerger:
         """A linear merge, every tensor at once: one native pass over the whole model."""
         done: list[tuple[str, torch.Tensor]] = []
         targets: dict[bool, list[fm.LinearTarget]] = {True: [], False: []}  # by `normalize`
+        weights_of: dict[tuple[int, ...], list[float]] = {}
         for tensor, values in zip(plan.tensors, params, strict=True):
             if tensor.name in skip:
                 continue
@@ -566,7 +567,12 @@ class LiveMerger:
             via = (dtype_from_name(tensor.out_dtype),) if tensor.out_dtype else ()
             out = dest(tensor.name, inputs[0].shape, via[0] if via else inputs[0].dtype)
             if inputs[0].is_floating_point():
-                weights = [values.per_input[m]["weight"] for m in tensor.models]
+                # Uniform recipes share one ResolvedParameters per model set: look the weights
+                # up once (hashing pydantic model references per tensor costs milliseconds).
+                key = (id(values), *map(id, tensor.models))
+                if key not in weights_of:
+                    weights_of[key] = [values.per_input[m]["weight"] for m in tensor.models]
+                weights = weights_of[key]
                 targets[bool(values.shared["normalize"])].append(
                     fm.LinearTarget(out, inputs, weights, via)
                 )

@@ -294,6 +294,10 @@ class LinearJob:
     def handled(self) -> bool:
         """All float32 or all bfloat16, one shape, contiguous CPU tensors (any size: one call
         serves every tensor of the merge, so small ones cost no call of their own)."""
+        return self._handled
+
+    @functools.cached_property
+    def _handled(self) -> bool:  # checked once per job: the caller asks, then `linear` again
         return (
             len(self.tensors) <= _MAX_INPUTS
             and self.weights.dtype == torch.float32
