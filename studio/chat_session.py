@@ -32,6 +32,7 @@ import json
 import logging
 import queue
 import random
+import sqlite3
 import threading
 import uuid
 from collections import Counter
@@ -43,7 +44,7 @@ from typing import Any, TypeAlias
 
 from pydantic import BaseModel, Field
 
-from studio.db import connect, ensure_schema
+from studio.db import add_missing_columns, connect, ensure_schema
 from studio.errors import ModelError, PathNotAllowedError, StudioError
 from studio.inference import (
     ChatMessage,
@@ -85,9 +86,12 @@ CREATE TABLE IF NOT EXISTS chat_votes (
     templates TEXT NOT NULL,
     prompt TEXT NOT NULL,
     replies TEXT NOT NULL,
-    settings TEXT NOT NULL
+    settings TEXT NOT NULL,
+    owner TEXT
 );
 """
+# Columns added after the first version (older homes get them on first use).
+VOTES_ADDED_COLUMNS = {"owner": "TEXT"}
 
 ChatbotMessage: TypeAlias = dict[str, str]  # {"role": ..., "content": ...}: what gr.Chatbot shows
 
@@ -244,16 +248,18 @@ class ChatVote(BaseModel, frozen=True):
     prompt: str = Field(description="the user message voted on")
     replies: dict[str, str] = Field(description="column label -> reply")
     settings: dict[str, Any] = Field(description="generation settings and system prompt")
+    owner: str | None = Field(
+        default=None, description="who voted: the logged-in user, else the browser session"
+    )
 
 
 def save_vote(db_path: Path, vote: ChatVote) -> ChatVote:
     """Insert `vote` into chat_votes; returns it with its row id."""
-    conn = connect(db_path)
+    conn = _votes_table(db_path)
     try:
-        ensure_schema(conn, VOTES_DDL)
         cursor = conn.execute(
             "INSERT INTO chat_votes (created_at, session_id, blind, choice, winner_model, models,"
-            " templates, prompt, replies, settings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " templates, prompt, replies, settings, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 vote.created_at,
                 vote.session_id,
@@ -265,6 +271,7 @@ def save_vote(db_path: Path, vote: ChatVote) -> ChatVote:
                 vote.prompt,
                 json.dumps(vote.replies),
                 json.dumps(vote.settings),
+                vote.owner,
             ),
         )
         return vote.model_copy(update={"id": cursor.lastrowid})
@@ -272,15 +279,25 @@ def save_vote(db_path: Path, vote: ChatVote) -> ChatVote:
         conn.close()
 
 
-def list_votes(db_path: Path, *, limit: int = 100) -> list[ChatVote]:
-    """Saved votes, newest first."""
-    conn = connect(db_path)
+def list_votes(db_path: Path, *, limit: int = 100, owner: str | None = None) -> list[ChatVote]:
+    """Saved votes, newest first; only `owner`'s when given."""
+    conn = _votes_table(db_path)
     try:
-        ensure_schema(conn, VOTES_DDL)
-        rows = conn.execute("SELECT * FROM chat_votes ORDER BY id DESC LIMIT ?", (limit,))
+        where, params = ("WHERE owner = ? ", [owner]) if owner is not None else ("", [])
+        rows = conn.execute(
+            f"SELECT * FROM chat_votes {where}ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
         return [_vote_from_row(dict(row)) for row in rows]
     finally:
         conn.close()
+
+
+def _votes_table(db_path: Path) -> sqlite3.Connection:
+    """A connection with the chat_votes table as this version writes it."""
+    conn = connect(db_path)
+    ensure_schema(conn, VOTES_DDL)
+    add_missing_columns(conn, "chat_votes", VOTES_ADDED_COLUMNS)
+    return conn
 
 
 def _vote_from_row(row: dict[str, Any]) -> ChatVote:
@@ -425,9 +442,9 @@ class ChatSession:
         self.stop()
         self._reset()
 
-    def vote(self, choice: str, *, db_path: Path) -> ChatVote:
-        """Vote on the last turn ('A', 'B', 'C', 'tie' or 'all bad'); saves it and, in blind
-        mode, reveals which model is in which column."""
+    def vote(self, choice: str, *, db_path: Path, owner: str | None = None) -> ChatVote:
+        """Vote on the last turn ('A', 'B', 'C', 'tie' or 'all bad'); saves it (with who voted)
+        and, in blind mode, reveals which model is in which column."""
         if self.running:
             raise StudioError("the replies are still streaming; vote when they are done")
         if not self.turns:
@@ -452,6 +469,7 @@ class ChatSession:
             prompt=turn.user,
             replies={label: r.text for label, r in answered.items()},
             settings=_settings_record(turn.request),
+            owner=owner,
         )
         saved = save_vote(db_path, vote)
         self.voted_turns.add(index)

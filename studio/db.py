@@ -7,6 +7,7 @@ One file under the studio home. Each module owns its tables and creates them wit
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -23,3 +24,12 @@ def connect(db_path: Path) -> sqlite3.Connection:
 def ensure_schema(conn: sqlite3.Connection, ddl: str) -> None:
     """Run a module's CREATE TABLE IF NOT EXISTS statements."""
     conn.executescript(ddl)
+
+
+def add_missing_columns(conn: sqlite3.Connection, table: str, columns: Mapping[str, str]) -> None:
+    """Add each column (name -> SQL type) that `table` lacks: a home made by an earlier version
+    of the studio gets the columns later versions write, and its rows keep NULL there."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, sql_type in columns.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")

@@ -133,6 +133,7 @@ def test_blind_vote_is_saved_and_reveals_the_models(
     vote = client.predict("A", api_name="/chat_vote")
     winner = Path(vote["winner_model"])
     assert vote["choice"] == "A" and vote["blind"] is True
+    assert vote["owner"]  # who voted: the browser session without a login
     assert replies(outputs)[0] == vote["replies"]["A"] == direct(winner, FRANCE, "chatml")
     assert sorted(vote["models"].values()) == sorted(trio(tiny_family))  # type: ignore[type-var]
     saved = [v for v in list_votes(settings.db_path) if v.session_id == vote["session_id"]]

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from studio.chat_session import (
+    VOTES_DDL,
     ChatSession,
     ChatView,
     TurnRequest,
@@ -353,3 +354,33 @@ def test_chatbot_values_are_normalised() -> None:
         ChatMessage(role="assistant", content="ab"),
     ]
     assert message_text(None) == "" and message_text({"type": "file", "file": "x"}) == ""
+
+
+def test_votes_record_who_voted_and_older_homes_get_the_column(tmp_path: Path) -> None:
+    """A home whose chat_votes table predates the owner column keeps its rows (owner NULL)
+    and takes new votes with their owner; list_votes filters by owner."""
+    from studio.chat_session import ChatVote, save_vote
+
+    db = tmp_path / "studio.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(VOTES_DDL.replace(",\n    owner TEXT", ""))  # the first version's table
+    old.execute(
+        "INSERT INTO chat_votes (created_at, session_id, blind, choice, winner_model, models,"
+        " templates, prompt, replies, settings) VALUES ('t0', 's0', 0, 'A', 'm', '{}', '{}',"
+        " 'hi', '{}', '{}')"
+    )
+    old.commit()
+    old.close()
+    assert "owner" not in VOTES_DDL.replace(",\n    owner TEXT", "")
+
+    def vote(owner: str | None) -> ChatVote:
+        return ChatVote(
+            created_at="t1", session_id="s1", blind=False, choice="tie", winner_model=None,
+            models={"A": "m"}, templates={"A": "auto"}, prompt="hi", replies={"A": "x"},
+            settings={}, owner=owner,
+        )  # fmt: skip
+
+    alice, bob = save_vote(db, vote("alice")), save_vote(db, vote("bob"))
+    assert [v.owner for v in list_votes(db)] == ["bob", "alice", None]
+    assert list_votes(db, owner="alice") == [alice]
+    assert list_votes(db, owner="bob") == [bob]

@@ -38,7 +38,9 @@ from studio.chat_session import (
 from studio.inference import GenerationSettings, template_choices
 from studio.settings import StudioSettings
 from studio.ui.common import (
+    bind_settings,
     carry_to_chat,
+    job_owner,
     model_choices,
     refreshed_dropdown,
     starter_path,
@@ -164,10 +166,11 @@ def on_clear_click(session: ChatSession) -> tuple[Any, ...]:
 
 @user_errors
 def on_vote_click(
-    settings: StudioSettings, choice: str, session: ChatSession
+    settings: StudioSettings, choice: str, session: ChatSession, request: gr.Request | None = None
 ) -> tuple[dict[str, Any], ChatSession]:
-    """Vote on the last replies; saved in SQLite, names revealed (API: /chat_vote)."""
-    vote = session.vote(choice, db_path=settings.db_path)
+    """Vote on the last replies; saved in SQLite with who voted, names revealed (API:
+    /chat_vote)."""
+    vote = session.vote(choice, db_path=settings.db_path, owner=job_owner(request))
     return vote.model_dump(mode="json"), session
 
 
@@ -302,7 +305,7 @@ def _wire(tab: ChatTab, settings: StudioSettings) -> None:
     tab.stop.click(on_stop_click, [tab.session], [tab.notice], api_name="chat_stop")
     tab.clear.click(on_clear_click, [tab.session], outputs, api_name="chat_clear")
     tab.vote_button.click(
-        functools.partial(on_vote_click, settings),
+        bind_settings(on_vote_click, settings),
         [tab.vote, tab.session],
         [tab.vote_json, tab.session],
         api_name="chat_vote",
