@@ -8,7 +8,6 @@ tests/test_api_names.py, tests/test_access.py, tests/test_browser.py.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -17,7 +16,7 @@ import gradio as gr
 from studio import access
 from studio.settings import StudioSettings, load_settings
 from studio.ui.chat_tab import build_chat_tab
-from studio.ui.common import carry_to_score, initial_selection
+from studio.ui.common import initial_selection
 from studio.ui.jobs_tab import build_jobs_tab
 from studio.ui.merge_tab import build_merge_tab, default_recipe
 from studio.ui.models_tab import build_models_tab
@@ -26,8 +25,6 @@ from studio.ui.train_tab import build_train_tab
 
 TITLE = "Merge Studio"
 CSS = ".studio-progress{margin:4px 0}"
-# Labels of the Score tab's fields the selection fills (score_tab.py builds them).
-SCORE_FIELDS = ("CPT checkpoint", "Chat model", "Merge to score")
 
 
 def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
@@ -44,14 +41,13 @@ def build_app(settings: StudioSettings | None = None) -> gr.Blocks:
             if settings.oauth:
                 gr.LoginButton(scale=0)
         selection = gr.State(initial_selection(settings, default_recipe(settings)))
-        with gr.Tabs() as tabs:
+        with gr.Tabs():
             build_models_tab(settings)
             build_merge_tab(settings, selection)
             build_chat_tab(settings, selection)
-            build_score_tab(settings)
+            build_score_tab(settings, selection)
             build_train_tab(settings)
             build_jobs_tab(settings)
-        _carry_to_score(settings, tabs, selection)
     _hide_load_endpoints(demo)
     return demo
 
@@ -73,37 +69,6 @@ def launch_kwargs(settings: StudioSettings | None = None) -> dict[str, Any]:
         kwargs["auth"] = auth
         kwargs["auth_message"] = f"Sign in to {TITLE}: each user sees only their own jobs."
     return kwargs
-
-
-def _carry_to_score(settings: StudioSettings, tabs: gr.Tabs, selection: gr.State) -> None:
-    """Selecting the Score tab fills its parents and recipe from the Merge tab's choice.
-
-    score_tab.py does not take the selection, so its fields are found by their labels (the
-    same labels a person and the browser tests use); a renamed field fails loudly here."""
-    score = next(t for t in tabs.children if isinstance(t, gr.Tab) and t.id == "score")
-    found = {
-        label: _find_labelled(score, label, gr.Dropdown if label != SCORE_FIELDS[2] else gr.Code)
-        for label in SCORE_FIELDS
-    }
-    with score:
-        seen = gr.State(None)  # the (cpt, chat, recipe) Score last took; None: not yet
-    score.select(
-        functools.partial(carry_to_score, settings),
-        [selection, seen],
-        [*found.values(), seen],
-        api_visibility="private",
-        queue=False,
-    )
-
-
-def _find_labelled(parent: gr.blocks.BlockContext, label: str, kind: type) -> gr.Component:
-    stack = list(parent.children)
-    while stack:
-        block = stack.pop(0)
-        if isinstance(block, kind) and str(getattr(block, "label", "")).startswith(label):
-            return block
-        stack.extend(getattr(block, "children", []))
-    raise LookupError(f"the Score tab has no {kind.__name__} labelled '{label}...'")
 
 
 def _hide_load_endpoints(demo: gr.Blocks) -> None:

@@ -44,6 +44,7 @@ from studio.recipes.yaml_io import recipe_to_yaml
 from studio.settings import StudioSettings
 from studio.ui.common import (
     bind_settings,
+    carry_to_score,
     job_owner,
     own_job,
     parent_dropdowns,
@@ -299,10 +300,12 @@ def _start_buttons(enabled: bool) -> tuple[gr.Button, gr.Button, gr.Button]:
     )
 
 
-def build_score_tab(settings: StudioSettings) -> None:
+def build_score_tab(settings: StudioSettings, selection: gr.State | None = None) -> None:
+    """The Score tab; with `selection` (build_app's per-session Selection) its parents and
+    recipe follow the Merge tab's choice when the tab is selected."""
     bind = bind_settings
     demo = demo_task_paths()
-    with gr.Tab("Score", id="score", elem_id="score-tab"):
+    with gr.Tab("Score", id="score", elem_id="score-tab") as block:
         gr.Markdown(
             "Score the CPT checkpoint, the chat model and their merge on multiple-choice tasks "
             "(accuracy, length-normalised as lm-eval's acc_norm), perplexity tasks and chat-QA "
@@ -317,6 +320,7 @@ def build_score_tab(settings: StudioSettings) -> None:
             language="yaml",
             label="Merge to score (mergekit YAML; copy it from the Merge tab; empty: parents only)",
         )
+        seen = gr.State(None)  # the (cpt, chat, recipe) Score last took; None: not yet
         with gr.Row():
             tasks = gr.CheckboxGroup(
                 [(name, str(path)) for name, path in demo.items()],
@@ -435,3 +439,11 @@ def build_score_tab(settings: StudioSettings) -> None:
             return progress_html(status["progress_done"], status["progress_total"], "cancelled")
 
         cancel.click(cancel_job, [job_id], [progress], api_visibility="private")
+    if selection is not None:
+        block.select(
+            bind(carry_to_score, settings),
+            [selection, seen],
+            [cpt, chat, recipe, seen],
+            api_visibility="private",
+            queue=False,
+        )
