@@ -378,3 +378,26 @@ def test_memory_budget_is_checked_before_loading(tiny_family: dict[str, Path]) -
     assert merger.memory_bytes() >= estimate.models
     with pytest.raises(StudioError, match="memory budget"):
         merger.check_memory(estimate.total - 1)
+
+
+@pytest.mark.parametrize("method", FAST)
+def test_scalar_recipes_resolve_as_mergekits_normalized_config(
+    mergers: dict[str, LiveMerger], tiny_family: dict[str, Path], method: str
+) -> None:
+    """The shortcut for scalar `models:` recipes (no normalize_config per slider move) gives
+    every tensor the parameters mergekit's normalized config does, defaults included."""
+    from studio.merging.live import _load_config
+
+    variants = [recipe(tiny_family, method, "float32")]
+    if method != "slerp":  # global values under per-model ones, and a repeated parameter
+        variants.append(
+            recipe(tiny_family, method, "float32", parameters={"normalize": False, "weight": 0.2})
+        )
+    for text in variants:
+        config = _load_config(text)
+        plan = mergers["float32"]._plan(config)
+        fast, reference = plan._resolve(config), plan._resolve(config, shortcut=False)
+        assert len(fast) == len(reference) == len(plan.tensors)
+        assert [(r.shared, r.per_input) for r in fast] == [
+            (r.shared, r.per_input) for r in reference
+        ]

@@ -36,6 +36,7 @@ from mergekit.config import ConfigReader, MergeConfiguration
 from mergekit.graph import Executor
 from mergekit.io.tasks import GatherTensors, LoaderCache, ReturnTensor
 from mergekit.merge import _model_out_config
+from mergekit.merge_methods.base import MergeMethodSpec
 from mergekit.merge_methods.task_adapter import ExecuteMergeMethodTask
 from mergekit.options import MergeOptions
 from mergekit.parameter_resolver import resolve_parameters
@@ -191,24 +192,21 @@ class LivePlan:
             self._resolved[key] = self._resolve(config)
         return self._resolved[key]
 
-    def _resolve(self, config: MergeConfiguration) -> tuple[ResolvedParameters, ...]:
+    def _resolve(
+        self, config: MergeConfiguration, *, shortcut: bool = True
+    ) -> tuple[ResolvedParameters, ...]:
+        spec = merge_methods.get(self.method).spec
+        if shortcut and _uniform_parameters(config):
+            return self._resolve_uniform(config, spec)
         ctx = self.context
         planner = MergePlanner(
             config.model_copy(deep=True), ctx.arch_info, ctx.options, ctx.out_config
         )
-        spec = merge_methods.get(self.method).spec
-        # Scalar parameters resolve the same for every tensor of one model set: resolve one
-        # tensor per set (mergekit's resolver costs ~0.1 ms a tensor, 30 ms a 135M model).
-        uniform = _uniform_parameters(config)
-        by_models: dict[tuple[ModelReference, ...], ResolvedParameters] = {}
         try:
             planner.normalize_config()
             readers: dict[tuple[str, int], ConfigReader] = {}
             resolved = []
             for tensor in self.tensors:
-                if uniform and tensor.models in by_models:
-                    resolved.append(by_models[tensor.models])
-                    continue
                 where = (tensor.module, tensor.slice_index)
                 if where not in readers:
                     module = planner.config.modules[tensor.module]
@@ -228,7 +226,44 @@ class LivePlan:
                     t=tensor.t,
                 )
                 resolved.append(ResolvedParameters(shared=shared, per_input=per_input))
-                by_models[tensor.models] = resolved[-1]
+        except (RuntimeError, ValueError, ValidationError) as error:
+            raise RecipeError(f"The recipe's parameters cannot be resolved: {error}") from error
+        return tuple(resolved)
+
+    def _resolve_uniform(
+        self, config: MergeConfiguration, spec: MergeMethodSpec
+    ) -> tuple[ResolvedParameters, ...]:
+        """`_resolve` for a recipe whose parameters are plain scalars under `models:`: every
+        tensor of one model set gets the same values, so resolve one tensor per set, from the
+        sources mergekit's normalized config would give it (its `ConfigReader.parameter_sources`
+        after `normalize_config` turns `models:` into one slice per module: the model's own
+        parameters, then the slice's and module's (none), then the global ones). This skips
+        normalize_config, which reads every model's config.json on each slider move
+        (tests/test_live_merge.py checks both paths agree)."""
+        by_model = config.models or []
+
+        def sources(model: ModelReference | None) -> Iterator[Mapping[str, Any] | None]:
+            if model is not None:
+                yield from (m.parameters for m in by_model if m.model == model)
+            yield None  # the slice's parameters
+            yield None  # the module's parameters
+            yield config.parameters
+
+        by_models: dict[tuple[ModelReference, ...], ResolvedParameters] = {}
+        resolved = []
+        try:
+            for tensor in self.tensors:
+                if tensor.models not in by_models:
+                    shared, per_input = resolve_parameters(
+                        spec,
+                        tensor_name=tensor.name,
+                        inputs=dict(zip(tensor.models, tensor.input_names, strict=True)),
+                        sources=sources,
+                        base_model=config.base_model,
+                        t=tensor.t,
+                    )
+                    by_models[tensor.models] = ResolvedParameters(shared, per_input)
+                resolved.append(by_models[tensor.models])
         except (RuntimeError, ValueError, ValidationError) as error:
             raise RecipeError(f"The recipe's parameters cannot be resolved: {error}") from error
         return tuple(resolved)
