@@ -67,7 +67,10 @@ FACTS = [
 
 
 # A MedQA/PubMedQA-style case passage: real domain questions carry a ~100-token vignette that
-# every option shares, which is where computing the shared context once pays.
+# every option shares, which is where computing the shared context once pays. Each item's
+# passage starts with its own case number: real vignettes differ from question to question, so
+# the studio's shared-prefix packing (meant for few-shot examples, which ARE the same in every
+# item, in both the studio and lm-eval) must not get to compute one passage for a whole batch.
 VIGNETTE = (
     "a patient came to the clinic with a fever and a rash on the arm . the doctor wrote a note "
     "and gave the patient two doses of the drug . the next day the patient felt better , read "
@@ -78,12 +81,13 @@ VIGNETTE = (
 
 def write_task(folder: Path, items: int, seed: int = 0, *, style: str = "short") -> Path:
     """A studio-format MC JSONL of `items` questions (facts and small sums, shuffled options);
-    style "vignette" puts a shared case passage before every question; "cloze" also keeps only
-    the fact questions, whose options are several tokens long (as in ARC and HellaSwag)."""
+    style "vignette" puts a case passage (numbered per item) before every question; "cloze"
+    also keeps only the fact questions, whose options are several tokens long (as in ARC and
+    HellaSwag)."""
     rng = random.Random(seed)
-    prefix = VIGNETTE if style in ("vignette", "cloze") else ""
     rows = []
     for i in range(items):
+        prefix = f"case {i} : {VIGNETTE}" if style in ("vignette", "cloze") else ""
         if i % 2 == 0 or style == "cloze":
             question, right, wrong = FACTS[(i // (1 if style == "cloze" else 2)) % len(FACTS)]
             question = f"{question} (item {i})"

@@ -1,7 +1,7 @@
 """Scoring on a real tiny Llama: the shared-prefix fast path, metrics, windows, progress, cancel.
 
-Properties: the transformers engine's fast path (each question's context run once, its KV cache
-shared by the choices) gives the same log-probs as the generic engine protocol within 1e-4 in
+Properties: the transformers engine's fast path (one packed pass per batch: each question's
+context run once with all its choices behind a block mask) gives the same log-probs as the generic engine protocol within 1e-4 in
 fp32, for questions and for perplexity windows; acc_norm divides by the choice's characters;
 stderr is lm-eval's; results do not depend on batch size; a cancel stops scoring.
 """
@@ -78,7 +78,7 @@ def mc_task(tmp_path: Path) -> Task:
 def test_fast_path_equals_the_engine_protocol(
     engine: TransformersEngine, mc_task: Task, num_fewshot: int
 ) -> None:
-    """Shared-prefix KV cache log-probs == score_loglikelihoods per pair (fp32, 1e-4)."""
+    """Packed-pass log-probs == score_loglikelihoods per pair (fp32, 1e-4)."""
     settings = ScoreSettings(num_fewshot=num_fewshot, batch_size=4)
     fast = score_task(engine, mc_task, settings)
     generic = score_task(ProtocolOnly(engine), mc_task, settings)  # type: ignore[arg-type]

@@ -15,15 +15,18 @@ engine and the vLLM engine score the same way; the metrics are lm-eval-harness's
   exactly it (`exact`); see studio.evaluation.chat_qa. The replies are kept per item.
 
 Fast path: when the engine can score token ids directly (`TokenGroupScorer`: the transformers
-engine, whose question context runs once and all its choices are scored from its KV cache,
-instead of once per choice as lm-eval does; the vLLM engine, one request per choice on the same
-token ids), nothing is decoded or re-encoded; tests/test_scoring.py proves the log-probs equal
-the protocol path's, tests/test_vllm_engine.py that both engines agree.
+engine, which runs a batch of questions in one packed forward pass, each question's context
+once with all its choices behind a block mask and few-shot examples shared by the batch once
+per row, instead of one row per choice as lm-eval does; the vLLM engine, one request per choice
+on the same token ids), nothing is decoded or re-encoded; tests/test_scoring.py and
+tests/test_score_fast_path.py prove the log-probs equal the protocol path's,
+tests/test_vllm_engine.py that both engines agree.
 
     score = score_task(engine, load_task("medmcqa_dev.jsonl"), ScoreSettings(num_fewshot=5))
     score.primary  # ("acc_norm", 0.41, 0.02)
 
-Tests: `.venv/bin/python -m pytest -q tests/test_scoring.py tests/test_lm_eval_parity.py`.
+Tests: `.venv/bin/python -m pytest -q tests/test_scoring.py tests/test_score_fast_path.py
+tests/test_lm_eval_parity.py`.
 """
 
 from __future__ import annotations
