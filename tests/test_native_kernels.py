@@ -247,3 +247,21 @@ def test_native_slerp_equals_eager(dtype, t, collinear, monkeypatch):
         patch.setattr(native, "pair_sum", lambda *args: False)
         fm.slerp_into(slow, v0, v1, t=t, dot=dot)
     _same_bits(fast, slow)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3, 31])
+def test_linear_writes_exactly_into_unaligned_parameters(offset, monkeypatch):
+    # Model parameters are seldom 64-byte aligned; the streamed stores must still land exactly
+    # in [0, n) of the destination and nowhere else.
+    n = 3 * 2048 + 5 + (1 << 16)
+    inputs = [_values(n, torch.bfloat16, seed) for seed in (11, 12)]
+    backing = torch.full((n + 64,), 7.0, dtype=torch.bfloat16)
+    fast = backing[offset : offset + n]
+    weight = torch.tensor([[0.25, 0.75]])
+    assert native.linear(
+        [native.LinearJob(fast, inputs, weight, weight.sum(dim=1))], normalize=True
+    )
+    slow = torch.empty(n, dtype=torch.bfloat16)
+    _eager(slow, inputs, [0.25, 0.75], True, monkeypatch)
+    _same_bits(fast, slow)
+    assert bool((backing[:offset] == 7).all()) and bool((backing[offset + n :] == 7).all())

@@ -18,7 +18,7 @@
 #include <string.h>
 
 enum { DTYPE_FLOAT32 = 0, DTYPE_BFLOAT16 = 1 };
-enum { BLOCK = 512, MAX_INPUTS = 16, MAX_THREADS = 64, MIN_PER_THREAD = 1 << 16 };
+enum { BLOCK = 2048, MAX_INPUTS = 16, MAX_THREADS = 64, MIN_PER_THREAD = 1 << 16 };
 
 static inline float bf16_to_f32(uint16_t half) {
     uint32_t bits = (uint32_t)half << 16;
@@ -134,26 +134,34 @@ static inline __attribute__((always_inline)) void linear_pair_as(int bf16, int n
 #include <immintrin.h>
 #endif
 
-/* Copy a finished block to its destination with non-temporal stores when both are 64-byte
- * aligned: the merged weights are not read again soon, and a normal store would first read the
- * destination's old cache lines (a quarter of the memory traffic). */
+/* Copy a finished block to its destination with non-temporal stores: the merged weights are
+ * not read again soon, and a normal store would first read the destination's old cache lines (a
+ * quarter of the memory traffic). Parameters are rarely 64-byte aligned, so the bytes before the
+ * first aligned address and after the last one go by memcpy. */
 static inline void stream_copy(void *dest, const void *src, size_t bytes) {
+#if defined(__AVX512F__) || defined(__AVX2__)
 #if defined(__AVX512F__)
-    if (((uintptr_t)dest & 63) == 0 && ((uintptr_t)src & 63) == 0 && bytes % 64 == 0) {
-        for (size_t k = 0; k < bytes; k += 64)
-            _mm512_stream_si512((__m512i *)((char *)dest + k),
-                                _mm512_load_si512((const char *)src + k));
-        return;
-    }
-#elif defined(__AVX2__)
-    if (((uintptr_t)dest & 31) == 0 && ((uintptr_t)src & 31) == 0 && bytes % 32 == 0) {
-        for (size_t k = 0; k < bytes; k += 32)
-            _mm256_stream_si256((__m256i *)((char *)dest + k),
-                                _mm256_load_si256((const __m256i *)((const char *)src + k)));
-        return;
-    }
+    enum { VEC = 64 };
+#else
+    enum { VEC = 32 };
 #endif
+    size_t head = (VEC - ((uintptr_t)dest & (VEC - 1))) & (VEC - 1);
+    if (head > bytes) head = bytes;
+    memcpy(dest, src, head);
+    char *d = (char *)dest + head;
+    const char *s = (const char *)src + head;
+    size_t body = (bytes - head) / VEC * VEC;
+    for (size_t k = 0; k < body; k += VEC) {
+#if defined(__AVX512F__)
+        _mm512_stream_si512((__m512i *)(d + k), _mm512_loadu_si512(s + k));
+#else
+        _mm256_stream_si256((__m256i *)(d + k), _mm256_loadu_si256((const __m256i *)(s + k)));
+#endif
+    }
+    memcpy(d + body, s + body, bytes - head - body);
+#else
     memcpy(dest, src, bytes);
+#endif
 }
 
 static void linear_block(const LinearCall *call, const LinearTensor *t, int64_t start, int64_t len) {
