@@ -25,13 +25,8 @@ import torch
 
 from studio.evaluation.loglikelihood import encode_pair
 from studio.inference.engine import ModelSpec
-from studio.inference.transformers_engine import (
-    _PAD,
-    _SHARED,
-    TransformersEngine,
-    _pack_groups,
-    _shared_prefix,
-)
+from studio.inference.packing import PAD, SHARED, pack_groups, shared_prefix
+from studio.inference.transformers_engine import TransformersEngine
 
 QUESTIONS = [
     ("paris is the capital of", ["france", "the sea", "kelm fever", "a cat"]),
@@ -90,9 +85,9 @@ def test_few_shot_batches_share_their_prefix(engine: TransformersEngine) -> None
     """Contexts that start with the same examples share those tokens (computed once a row)."""
     groups, _ = _groups(engine, SHOTS)
     shots = engine.tokenizer(SHOTS.rstrip())["input_ids"]
-    assert _shared_prefix(groups) >= len(shots) - 1  # the join may merge the last token
+    assert shared_prefix(groups) >= len(shots) - 1  # the join may merge the last token
     plain, _ = _groups(engine, "")
-    assert _shared_prefix(plain) < 2
+    assert shared_prefix(plain) < 2
 
 
 def test_layout_and_mask_keep_each_group_to_itself() -> None:
@@ -102,10 +97,10 @@ def test_layout_and_mask_keep_each_group_to_itself() -> None:
         ([5, 6, 7], [[13, 14], [15]]),
         ([5, 6, 20, 21, 22, 23], [[24]]),
     ]
-    packed = _pack_groups(batch, pad=0)
-    assert _shared_prefix(batch) == 2  # [5, 6]; every context keeps its last token its own
+    packed = pack_groups(batch, pad=0)
+    assert shared_prefix(batch) == 2  # [5, 6]; every context keeps its last token its own
     owners, segments = packed.owners, packed.segments
-    assert bool((owners[:, :2] == _SHARED).all())
+    assert bool((owners[:, :2] == SHARED).all())
     assert packed.ids[:, :2].tolist() == [[5, 6]] * owners.shape[0]
     # every group lies in one row: its context after the prefix, then its continuations
     for g, (ctx, conts) in enumerate(batch):
@@ -123,9 +118,9 @@ def test_layout_and_mask_keep_each_group_to_itself() -> None:
             for k in range(owners.shape[1]):
                 qo, ko = int(owners[r, q]), int(owners[r, k])
                 qs, ks = int(segments[r, q]), int(segments[r, k])
-                if qo == _PAD:
+                if qo == PAD:
                     want = q == k
                 else:
                     same = qo == ko and (ks == 0 or ks == qs)
-                    want = q == k or (k <= q and (ko == _SHARED or same))
+                    want = q == k or (k <= q and (ko == SHARED or same))
                 assert bool(mask[r, q, k]) == want, (r, q, k)
