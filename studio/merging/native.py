@@ -139,17 +139,24 @@ def _plain(*tensors: torch.Tensor, min_elements: int = MIN_NATIVE_ELEMENTS) -> t
     return first.dtype
 
 
+def _native(*tensors: torch.Tensor) -> tuple[ctypes.CDLL, int] | None:
+    """(library, dtype code) when the kernels take `tensors` (see `_plain`), else None."""
+    dtype = _plain(*tensors)
+    lib = library() if dtype is not None else None
+    return None if lib is None or dtype is None else (lib, _DTYPE_CODES[dtype])
+
+
 def trim(
     out: torch.Tensor, parent: torch.Tensor, base: torch.Tensor, threshold: float, tie_cutoff: int
 ) -> bool:
     """out = (parent - base) kept where |d| > threshold or |d| == threshold before the flat
     position `tie_cutoff` (fast_methods.ThresholdKeep's mask); False if not done here."""
-    dtype = _plain(out, parent, base)
-    lib = library() if dtype is not None else None
-    if lib is None:
+    found = _native(out, parent, base)
+    if found is None:
         return False
+    lib, code = found
     status = lib.studio_trim(
-        _DTYPE_CODES[dtype],
+        code,
         parent.data_ptr(),
         base.data_ptr(),
         out.data_ptr(),
@@ -166,12 +173,12 @@ def pair_sum(
 ) -> bool:
     """out = coef_a * a + coef_b * b in float32 (no fused multiply-add), rounded once to the
     dtype: mergekit's SLERP result; False if not done here."""
-    dtype = _plain(out, a, b)
-    lib = library() if dtype is not None else None
-    if lib is None:
+    found = _native(out, a, b)
+    if found is None:
         return False
+    lib, code = found
     status = lib.studio_pair_sum(
-        _DTYPE_CODES[dtype],
+        code,
         a.data_ptr(),
         b.data_ptr(),
         out.data_ptr(),
@@ -188,21 +195,18 @@ def drop(
 ) -> bool:
     """out = (parent - base) kept where codes < cutoff (fast_methods.CodesKeep's mask, DARE);
     False if not done here."""
-    dtype = _plain(out, parent, base)
-    wide = codes.dtype == torch.int32
-    if dtype is None or codes.dtype not in (torch.int16, torch.int32) or not codes.is_contiguous():
+    if codes.dtype not in (torch.int16, torch.int32) or not codes.is_contiguous():
         return False
-    if codes.numel() != out.numel():
+    found = _native(out, parent, base) if codes.numel() == out.numel() else None
+    if found is None:
         return False
-    lib = library()
-    if lib is None:
-        return False
+    lib, code = found
     status = lib.studio_drop(
-        _DTYPE_CODES[dtype],
+        code,
         parent.data_ptr(),
         base.data_ptr(),
         codes.data_ptr(),
-        int(wide),
+        int(codes.dtype == torch.int32),
         cutoff,
         out.data_ptr(),
         out.numel(),
@@ -214,13 +218,13 @@ def drop(
 def tie_cutoff(parent: torch.Tensor, base: torch.Tensor, threshold: float, ties: int) -> int | None:
     """The flat position after the `ties`-th element with |parent - base| == threshold (None if
     not done here)."""
-    dtype = _plain(parent, base)
-    lib = library() if dtype is not None else None
-    if lib is None:
+    found = _native(parent, base)
+    if found is None:
         return None
+    lib, code = found
     return int(
         lib.studio_tie_cutoff(
-            _DTYPE_CODES[dtype], parent.data_ptr(), base.data_ptr(), base.numel(), threshold, ties
+            code, parent.data_ptr(), base.data_ptr(), base.numel(), threshold, ties
         )
     )
 
@@ -246,12 +250,12 @@ def combine_pair(
     settings: PairSettings,
 ) -> bool:
     """base + the combination of two task vectors, into `out`; False if not done here."""
-    dtype = _plain(out, base, first, second)
-    lib = library() if dtype is not None else None
-    if lib is None:
+    found = _native(out, base, first, second)
+    if found is None:
         return False
+    lib, code = found
     status = lib.studio_combine_pair(
-        _DTYPE_CODES[dtype],
+        code,
         base.data_ptr(),
         first.data_ptr(),
         second.data_ptr(),
