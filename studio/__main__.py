@@ -297,7 +297,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 DIAGNOSTIC_HEADER = (
     f"{'layer':>5} {'group':10} {'|a-base|':>9} {'|b-base|':>9} {'cos(ta,tb)':>10}"
-    f" {'cos(a,b)':>9} {'trimmed':>8} {'conflict':>8} {'dropped':>8}"
+    f" {'cos(a,b)':>9} {'trimmed':>8} {'conflict':>8} {'dropped':>8} {'kept|a|':>8} {'kept|b|':>8}"
 )
 
 
@@ -307,6 +307,7 @@ def format_diagnostic_row(row: DiagnosticRow) -> str:
         f"{layer:>5} {row.group:10} {row.task_vector_norm_a:9.4f} {row.task_vector_norm_b:9.4f}"
         f" {row.task_vector_cosine:10.3f} {row.parent_cosine:9.3f} {row.trimmed_fraction:8.3f}"
         f" {row.sign_conflict_fraction:8.3f} {row.election_dropped_fraction:8.3f}"
+        f" {row.kept_norm_share_a:8.3f} {row.kept_norm_share_b:8.3f}"
     )
 
 

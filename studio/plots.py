@@ -46,6 +46,8 @@ METRIC_TITLES = {
     "sign_conflict_fraction": "sign conflicts among elements both trimmed task vectors keep",
     "trimmed_fraction": "fraction magnitude trimming drops",
     "election_dropped_fraction": "kept elements TIES' sign election drops",
+    "kept_norm_share_a": "share of task vector A's norm that trimming keeps",
+    "kept_norm_share_b": "share of task vector B's norm that trimming keeps",
 }
 # Cosines are signed (diverging scale around 0); fractions run 0..1.
 _SCALES = {

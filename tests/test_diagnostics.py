@@ -61,6 +61,9 @@ def test_sign_conflicts_trimming_and_election_at_a_density() -> None:
     assert r.sign_conflict_fraction == pytest.approx(1 / 3)
     assert r.trimmed_fraction == pytest.approx(0.5)
     assert r.election_dropped_fraction == pytest.approx(1 / 8)
+    kept_sq_a, kept_sq_b = 64 + 49 + 36 + 25, 1 + 81 + 16 + 9
+    assert r.kept_norm_share_a == pytest.approx(math.sqrt(kept_sq_a / float(da.square().sum())))
+    assert r.kept_norm_share_b == pytest.approx(math.sqrt(kept_sq_b / float(db.square().sum())))
     dense = tensor_stats(base, da, db, density=1.0)
     assert dense.kept_both == 8 and dense.conflicts == 1  # only position 0 has opposite signs
 

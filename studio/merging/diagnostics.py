@@ -10,7 +10,9 @@ MLP, embeddings, norms), so a user can check them on their own models:
   collinear, so SLERP's arc is nearly the chord and SLERP ~ linear);
 - at a chosen density: the fraction of elements magnitude trimming drops, the fraction of sign
   conflicts among elements both trimmed task vectors keep, and the fraction of kept elements
-  TIES' sign election (equal weights) then drops.
+  TIES' sign election (equal weights) then drops, and the share of each task vector's norm the
+  trimming keeps (with one task vector, as when the chat model is also the base, trimming is all
+  TIES does: a merge along a kept share of 0.9 is close to linear at 0.9 x the weight).
 
 Rows are frozen dataclasses (`DiagnosticRow`); `DiagnosticsReport.records()` gives plain dicts a
 plotly heatmap (layer x group) or a table can use. Added vocabulary rows (a chat model with 32017
@@ -81,6 +83,8 @@ class TensorStats:
     kept_both: int = 0  # kept in both (and non-zero in both)
     conflicts: int = 0  # of those, with opposite signs
     election_dropped: int = 0  # kept elements whose sign loses TIES' election (equal weights)
+    sq_kept_a: float = 0.0  # sum of the squares magnitude trimming keeps of (a - base)
+    sq_kept_b: float = 0.0
 
     def __add__(self, other: TensorStats) -> TensorStats:
         return TensorStats(
@@ -95,6 +99,10 @@ def _cosine(dot: float, sq_x: float, sq_y: float) -> float:
 
 def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else float("nan")
+
+
+def _norm_share(sq_part: float, sq_whole: float) -> float:
+    return math.sqrt(sq_part / sq_whole) if sq_whole > 0 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,8 @@ class DiagnosticRow:
     trimmed_fraction: float  # elements magnitude trimming drops at the density (both parents)
     sign_conflict_fraction: float  # opposite signs among elements both trimmed vectors keep
     election_dropped_fraction: float  # kept elements TIES' sign election drops
+    kept_norm_share_a: float  # |trimmed (a - base)| / |a - base| at the density
+    kept_norm_share_b: float
 
     @classmethod
     def from_stats(cls, stats: TensorStats, *, layer: int | None, group: str) -> DiagnosticRow:
@@ -128,6 +138,8 @@ class DiagnosticRow:
             trimmed_fraction=1 - _ratio(kept, 2 * stats.numel),
             sign_conflict_fraction=_ratio(stats.conflicts, stats.kept_both),
             election_dropped_fraction=_ratio(stats.election_dropped, kept),
+            kept_norm_share_a=_norm_share(stats.sq_kept_a, stats.sq_a),
+            kept_norm_share_b=_norm_share(stats.sq_kept_b, stats.sq_b),
         )
 
 
@@ -191,7 +203,7 @@ def _kept(delta: torch.Tensor, density: float) -> torch.Tensor:
     return fm.magnitude_keep_mask(delta, threshold) > 0
 
 
-def _trim_stats(da: torch.Tensor, db: torch.Tensor, density: float) -> dict[str, int]:
+def _trim_stats(da: torch.Tensor, db: torch.Tensor, density: float) -> dict[str, int | float]:
     keep_a = _kept(da, density) & (da != 0)
     keep_b = _kept(db, density) & (db != 0)
     sign_a = torch.where(keep_a, da.sign(), 0)
@@ -206,6 +218,8 @@ def _trim_stats(da: torch.Tensor, db: torch.Tensor, density: float) -> dict[str,
         "kept_both": int(both.sum()),
         "conflicts": int((both & (sign_a != sign_b)).sum()),
         "election_dropped": int(dropped),
+        "sq_kept_a": float(torch.where(keep_a, da, 0).double().square().sum()),
+        "sq_kept_b": float(torch.where(keep_b, db, 0).double().square().sum()),
     }
 
 

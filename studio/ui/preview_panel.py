@@ -162,6 +162,10 @@ def preview_markdown(result: PreviewResult) -> str:
     return "\n".join(lines)
 
 
+def _share(value: float) -> str:
+    return f"{value:.1%}" if math.isfinite(value) else "n/a (no task vector)"
+
+
 def diagnostics_markdown(report: DiagnosticsReport) -> str:
     """The whole-model numbers in a sentence each, with what they mean for the merge."""
     s = report.summary
@@ -169,7 +173,9 @@ def diagnostics_markdown(report: DiagnosticsReport) -> str:
         f"**Whole model** ({s.parameters:,} parameters, density {report.density:g}): task-vector"
         f" cosine {s.task_vector_cosine:.3f} (near 0: nearly orthogonal, TIES changes little),"
         f" parent cosine {s.parent_cosine:.4f} (near 1: SLERP ~ linear), sign conflicts"
-        f" {s.sign_conflict_fraction:.1%} of elements both keep.",
+        f" {s.sign_conflict_fraction:.1%} of elements both keep. Trimming to the density keeps"
+        f" {_share(s.kept_norm_share_a)} of {report.model_a}'s task-vector norm and"
+        f" {_share(s.kept_norm_share_b)} of {report.model_b}'s.",
     ]
     for model, rows in report.added_tokens.items():
         lines.append(f"{model} has {rows} vocabulary rows beyond the base (compared separately).")
