@@ -216,6 +216,28 @@ def test_diagnose_passes_through_without_loading_a_merged_model(
     assert preview.merger is merger
 
 
+def test_diagnose_one_fine_tune_against_its_own_base(
+    tiny_family: dict[str, Path], preview: LivePreview
+) -> None:
+    """A recipe that merges a model with its own base (the real demo pair: chat is the base of its
+    CPT) has one task vector: the base's is zero (no cosine), trimming stats are the other's."""
+    recipe = (
+        f"merge_method: ties\nbase_model: {tiny_family['chat']}\nparameters: {{normalize: false}}\n"
+        f"models:\n  - model: {tiny_family['chat']}\n    parameters: {{weight: 0.0, density: 0.5}}\n"
+        f"  - model: {tiny_family['cpt']}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
+        "dtype: float32\n"
+    )
+    report = preview.diagnose(recipe, density=0.5)
+    chat, cpt = (load_file(tiny_family[k] / "model.safetensors") for k in ("chat", "cpt"))
+    expected = diagnose_models(chat, chat, cpt, density=0.5)
+    for field in ("task_vector_norm_b", "trimmed_fraction", "kept_norm_share_b", "parameters"):
+        assert getattr(report.summary, field) == getattr(expected.summary, field)
+    assert report.summary.task_vector_norm_a == 0.0
+    assert report.summary.task_vector_norm_b > 0
+    assert math.isnan(report.summary.task_vector_cosine)
+    assert 0.5 < report.summary.kept_norm_share_b < 1.0  # the larger half of a dense delta
+
+
 def test_refusals_are_sentences(tiny_family: dict[str, Path]) -> None:
     """A merger over the memory budget is refused before anything loads (LiveMemoryError with
     the numbers); bad YAML, an empty recipe, a blank probe text and diagnostics without a base

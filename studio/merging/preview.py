@@ -453,11 +453,15 @@ class LivePreview:
             base = merger.base_model
             ordered = [model_key(m.model) for m in config.models or ()]
             parents = [m for m in dict.fromkeys(ordered) if m != base]
+            if base is not None and len(parents) == 1:
+                # One fine-tune merged with its own base (the real demo pair: the CPT was trained
+                # from the chat model): the base's task vector is zero, the other's is all there is.
+                parents.insert(0, base)
             if base is None or len(parents) != 2:
                 raise PreviewError(
                     "diagnostics compare how two fine-tunes moved away from their shared base"
                     f" model; this {config.merge_method} recipe has"
-                    f" {'no base model' if base is None else 'its base among the merged models'}:"
+                    f" {'no base model' if base is None else f'{len(parents)} other models'}:"
                     " choose a method that uses a base (task_arithmetic, ties, dare_ties) and set"
                     " the base model"
                 )
