@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import logging
 import shutil
@@ -44,6 +45,9 @@ CPT_NAME = "smollm2-demo-cpt"
 ADAPTER = REPO / "assets" / "real_pair" / "cpt_adapter"
 CONFIG = REPO / "pipelines" / "configs" / "real_cpt.yml"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Written into the CPT folder: which adapter made it. A newer shipped adapter (a rebuilt CPT)
+# then replaces an older materialised CPT on the next start instead of being silently ignored.
+ADAPTER_STAMP = "demo_adapter.sha256"
 
 Progress = Callable[[float, str], None]
 
@@ -61,7 +65,7 @@ def materialise(
     if gguf is None or not (ADAPTER / ADAPTER_WEIGHTS).is_file():
         return None
     paths = pair_paths(settings)
-    if all((p / "config.json").is_file() for p in paths.values()):
+    if _is_current(paths):
         return paths
     settings.ensure_dirs()
     say = progress or (lambda _f, _m: None)
@@ -70,7 +74,7 @@ def materialise(
         if not (paths["chat"] / "config.json").is_file():
             say(0.1, "importing SmolLM2-135M-Instruct from its package")
             import_gguf(gguf, name=CHAT_NAME, settings=settings, dtype="bfloat16")
-        if not (paths["cpt"] / "config.json").is_file():
+        if not _is_current(paths):
             say(0.6, "adding the domain CPT adapter")
             apply_adapter(paths["chat"], ADAPTER, paths["cpt"])
     say(1.0, "ready")
@@ -91,6 +95,7 @@ def apply_adapter(chat: Path, adapter: Path, target: Path) -> Path:
         dtype = _saved_dtype(chat)
         merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     merged.to(dtype).save_pretrained(partial)
+    (partial / ADAPTER_STAMP).write_text(adapter_digest(adapter) + "\n", encoding="utf-8")
     for item in chat.iterdir():  # tokenizer, chat template, generation config
         if item.is_file() and not item.name.endswith(".safetensors") and item.name != "config.json":
             if not (partial / item.name).exists():
@@ -98,6 +103,18 @@ def apply_adapter(chat: Path, adapter: Path, target: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def adapter_digest(adapter: Path) -> str:
+    return hashlib.sha256((adapter / ADAPTER_WEIGHTS).read_bytes()).hexdigest()
+
+
+def _is_current(paths: dict[str, Path]) -> bool:
+    """Both folders written, the CPT from the adapter shipped now."""
+    if not all((p / "config.json").is_file() for p in paths.values()):
+        return False
+    stamp = paths["cpt"] / ADAPTER_STAMP
+    return stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == adapter_digest(ADAPTER)
 
 
 def _saved_dtype(folder: Path) -> torch.dtype:
@@ -145,7 +162,7 @@ def needs_materialising(settings: StudioSettings) -> bool:
     """True when the pair can be made here (package and adapter present) and is not yet."""
     if find_smollm2_gguf() is None or not (ADAPTER / ADAPTER_WEIGHTS).is_file():
         return False
-    return not all((p / "config.json").is_file() for p in pair_paths(settings).values())
+    return not _is_current(pair_paths(settings))
 
 
 def start_materialise_job(settings: StudioSettings) -> str | None:

@@ -7,6 +7,7 @@ for SmolLM2 + assets/real_pair/cpt_adapter, which the slow test checks where bot
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from pipelines import real_pair
 from pipelines.real_pair import (
+    adapter_digest,
     apply_adapter,
     materialise,
     needs_materialising,
@@ -75,6 +77,35 @@ def test_materialise_does_nothing_without_an_adapter(
     assert not needs_materialising(load_settings())
     assert start_materialise_job(load_settings()) is None  # the app starts no job
     assert not (load_settings().models_dir / real_pair.CPT_NAME).exists()
+
+
+def test_a_newer_shipped_adapter_replaces_an_older_materialised_cpt(
+    monkeypatch: pytest.MonkeyPatch, tiny_family: dict[str, Path], tmp_path: Path
+) -> None:
+    """The CPT folder records which adapter made it; after the adapter is rebuilt (a new
+    release), the next start writes the CPT again instead of keeping the old one."""
+    settings = load_settings()
+    settings.ensure_dirs()
+    shutil.copytree(tiny_family["chat"], settings.models_dir / real_pair.CHAT_NAME)
+    monkeypatch.setattr(real_pair, "find_smollm2_gguf", lambda: tmp_path / "unused.gguf")
+    first = publish_adapter(_adapter(tiny_family["chat"], tmp_path / "r1"), tmp_path / "a1")
+    second = publish_adapter(
+        _adapter(tiny_family["chat"], tmp_path / "r2", seed=1), tmp_path / "a2"
+    )
+    monkeypatch.setattr(real_pair, "ADAPTER", first)
+    paths = materialise(settings)
+    assert paths is not None and not needs_materialising(settings)
+    before = load_file(paths["cpt"] / "model.safetensors")
+    assert (paths["cpt"] / real_pair.ADAPTER_STAMP).read_text().strip() == adapter_digest(first)
+
+    monkeypatch.setattr(real_pair, "ADAPTER", second)
+    assert needs_materialising(settings)
+    assert materialise(settings) == paths
+    after = load_file(paths["cpt"] / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(before[name], after[name])
+    assert (paths["cpt"] / real_pair.ADAPTER_STAMP).read_text().strip() == adapter_digest(second)
+    assert not needs_materialising(settings)
 
 
 @pytest.mark.slow
