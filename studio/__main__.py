@@ -412,6 +412,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         parameter=args.parameter,
         values=_values(args.values),
         model_index=args.model_index,
+        only_filter=args.only_filter,
         include_parents=not args.no_parents,
         tasks=_task_files(args),
         settings=_score_settings(args),
@@ -531,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parameter", required=True, help="t, weight, density, lambda, ...")
     p.add_argument("--values", required=True, help="comma-separated values, e.g. 0,0.5,1")
     p.add_argument("--model-index", type=int, help="vary only this model's parameter")
+    p.add_argument(
+        "--only-filter",
+        metavar="NAME_PART",
+        help="vary it only on tensors whose names contain this (mlp, self_attn); the rest keep "
+        "the recipe's value",
+    )
     p.add_argument("--no-parents", action="store_true", help="do not score the recipe's models")
     _scoring_options(p)
     p.set_defaults(fn=cmd_sweep)

@@ -125,6 +125,21 @@ def test_sweep_endpoint_and_a_bad_request(
     # slerp's t=0 end is the first model, t=1 the second
     assert points[0.0] == pytest.approx(parents["cpt"], abs=1e-5)
     assert points[1.0] == pytest.approx(parents["chat"], abs=1e-5)
+    # "Only on tensors named: mlp": a weight sweep whose points move the MLP layers only
+    linear = recipe_to_yaml(
+        MergeRecipe(
+            method="linear",
+            models=(
+                RecipeModel(path=str(tiny_family["chat"]), parameters={"weight": 1.0}),
+                RecipeModel(path=str(tiny_family["cpt"]), parameters={"weight": 0.0}),
+            ),
+            dtype="float32",
+        )
+    )
+    args = (linear, "weight", 0, 1, 2, [], str(mc_task), True, 2, 0, 24, "auto")
+    job = client.predict(*args, "mlp", api_name="/sweep")
+    rows = wait_report(client, job["id"])["report"]["rows"]
+    assert [r["label"] for r in rows if r["kind"] == "merge"] == ["weight[mlp]=0", "weight[mlp]=1"]
 
 
 def test_checkpoint_sweep_endpoint(

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from studio.errors import RecipeError, StudioError
 from studio.evaluation.checkpoint_sweep import (
@@ -36,6 +38,7 @@ from studio.evaluation.sweeps import (
 from studio.jobs import get_runner
 from studio.plots import scores_chart, sweep_chart
 from studio.recipes import MergeRecipe, RecipeModel, recipe_to_yaml
+from studio.recipes.recipe import FilteredValue
 from studio.settings import load_settings
 
 QUESTIONS = [
@@ -83,6 +86,79 @@ def test_weight_axis_runs_from_the_first_model_to_the_second(tiny_family: dict[s
     assert [m.parameters["weight"] for m in swept.models] == [0.75, 0.25]
     only_first = with_parameter(linear(tiny_family), "weight", 0.9, model_index=0)
     assert [m.parameters["weight"] for m in only_first.models] == [0.9, 0.5]
+
+
+def test_only_filter_varies_the_parameter_on_matching_tensors_only(
+    tiny_family: dict[str, Path],
+) -> None:
+    """weight[mlp]=v: the MLP tensors move along the axis, every other tensor keeps the recipe's
+    value; a filtered recipe value keeps its other entries; no value to keep is a sentence."""
+    swept = with_parameter(linear(tiny_family), "weight", 0.75, only_filter="mlp")
+    assert [m.parameters["weight"] for m in swept.models] == [
+        [FilteredValue(filter="mlp", value=0.25), FilteredValue(value=0.5)],
+        [FilteredValue(filter="mlp", value=0.75), FilteredValue(value=0.5)],
+    ]
+    again = with_parameter(swept, "weight", 0.1, only_filter="mlp")  # replaces, never stacks
+    assert again.models[1].parameters["weight"] == [
+        FilteredValue(filter="mlp", value=0.1),
+        FilteredValue(value=0.5),
+    ]
+    slerp = MergeRecipe(
+        method="slerp",
+        models=(
+            RecipeModel(path=str(tiny_family["cpt"])),
+            RecipeModel(path=str(tiny_family["chat"])),
+        ),
+    )
+    with pytest.raises(SweepError, match="give t a value in the recipe"):
+        with_parameter(slerp, "t", 0.3, only_filter="self_attn")
+    request = SweepRequest(
+        recipe=recipe_to_yaml(linear(tiny_family)),
+        parameter="weight",
+        values=(0.5,),
+        tasks=("x.txt",),
+        only_filter="  ",
+    )
+    assert request.only_filter is None and request.point_name == "weight"
+    assert request.model_copy(update={"only_filter": "mlp"}).point_name == "weight[mlp]"
+
+
+def test_filtered_sweep_point_merges_mlp_from_one_parent_and_the_rest_from_the_other(
+    tiny_family: dict[str, Path], text_task: Path, tmp_path: Path
+) -> None:
+    """A weight[mlp]=1 point of a chat(1)/cpt(0) recipe is the chat model with the CPT's MLP
+    tensors: scored like a model written that way by hand."""
+    recipe = MergeRecipe(
+        method="linear",
+        models=(
+            RecipeModel(path=str(tiny_family["chat"]), parameters={"weight": 1.0}),
+            RecipeModel(path=str(tiny_family["cpt"]), parameters={"weight": 0.0}),
+        ),
+        dtype="float32",
+    )
+    report = run_sweep(
+        SweepRequest(
+            recipe=recipe_to_yaml(recipe),
+            parameter="weight",
+            values=(1.0,),
+            only_filter="mlp",
+            tasks=(str(text_task),),
+            include_parents=False,
+        )
+    )
+    (row,) = report.rows
+    assert row.label == "weight[mlp]=1"
+    hand = tmp_path / "hand"
+    shutil.copytree(tiny_family["chat"], hand)
+    chat = load_file(tiny_family["chat"] / "model.safetensors")
+    cpt = load_file(tiny_family["cpt"] / "model.safetensors")
+    mixed = {k: (cpt[k] if ".mlp." in k else v) for k, v in chat.items()}
+    assert any(not torch.equal(chat[k], mixed[k]) for k in chat)
+    save_file(mixed, hand / "model.safetensors", metadata={"format": "pt"})
+    (expected,) = run_scores(
+        ScoreRequest(targets=(ScoreTarget(label="hand", model=str(hand)),), tasks=(str(text_task),))
+    ).rows
+    assert row.score == pytest.approx(expected.score, rel=1e-5)
 
 
 def test_global_and_per_model_parameters(tiny_family: dict[str, Path]) -> None:

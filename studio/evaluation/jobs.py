@@ -97,7 +97,13 @@ def check_request(request: ScoreOptions, *, settings: StudioSettings | None = No
         confine_recipe_models(recipe, settings=settings)
         if isinstance(request, SweepRequest):
             for value in request.values:
-                with_parameter(recipe, request.parameter, value, model_index=request.model_index)
+                with_parameter(
+                    recipe,
+                    request.parameter,
+                    value,
+                    model_index=request.model_index,
+                    only_filter=request.only_filter,
+                )
 
 
 def confine_checkpoints(request: CheckpointSweepRequest, *, settings: StudioSettings) -> None:

@@ -22,7 +22,9 @@ cache key's dtype is the one the point was scored in.
 How a sweep sets its parameter (`with_parameter`): a global parameter (t, lambda) is set on the
 recipe; a per-model one is set on every non-base model, except `weight` on a two-model merge,
 which is the weight of the SECOND model with the first getting 1 - value (the axis runs from the
-first model, 0, to the second, 1), unless `model_index` names the one model to vary.
+first model, 0, to the second, 1), unless `model_index` names the one model to vary. With
+`only_filter` (e.g. mlp) the value applies only to tensors whose names contain it: the recipe's
+own value stays for every other tensor (points are labelled weight[mlp]=0.75).
 
 These run in a job worker (studio.evaluation.worker); the functions take a progress callback
 so the worker reports progress (cancel kills the worker's process group).
@@ -57,7 +59,14 @@ from studio.evaluation.scoring import ScoreSettings, TaskScore, score_task
 from studio.evaluation.tasks import QAItem, Task, load_task
 from studio.inference.engine import InferenceEngine, ModelSpec
 from studio.recipes.methods import ParamScope, get_method
-from studio.recipes.recipe import MergeRecipe, RecipeModel, resolve_paths, validate_recipe
+from studio.recipes.recipe import (
+    FilteredValue,
+    MergeRecipe,
+    ParamValue,
+    RecipeModel,
+    resolve_paths,
+    validate_recipe,
+)
 from studio.recipes.yaml_io import recipe_from_yaml, recipe_to_yaml
 
 LOG = logging.getLogger(__name__)
@@ -124,6 +133,23 @@ class SweepRequest(ScoreOptions, frozen=True):
         default=None, description="vary this model's per-model parameter only (0-based)"
     )
     include_parents: bool = Field(default=True, description="also score the recipe's models")
+    only_filter: str | None = Field(
+        default=None,
+        description="vary the parameter only on tensors whose names contain this (mlp, "
+        "self_attn, ...); every other tensor keeps the recipe's value",
+    )
+
+    @field_validator("only_filter")
+    @classmethod
+    def _real_filter(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            return None  # an empty form field: the whole model
+        return value.strip() if value else value
+
+    @property
+    def point_name(self) -> str:
+        """How a point's label names the parameter: weight, or weight[mlp] when filtered."""
+        return f"{self.parameter}[{self.only_filter}]" if self.only_filter else self.parameter
 
     @field_validator("values")
     @classmethod
@@ -261,25 +287,37 @@ def _cell(row: ScoreRow) -> str:
 
 
 def with_parameter(
-    recipe: MergeRecipe, name: str, value: float, *, model_index: int | None = None
+    recipe: MergeRecipe,
+    name: str,
+    value: float,
+    *,
+    model_index: int | None = None,
+    only_filter: str | None = None,
 ) -> MergeRecipe:
-    """`recipe` with parameter `name` set to `value` (see the module docstring for the rule)."""
+    """`recipe` with parameter `name` set to `value` (see the module docstring for the rule);
+    with `only_filter`, only on the tensors whose names contain it (a filtered value in front of
+    the recipe's own, which still covers every other tensor)."""
     spec = get_method(recipe.method).param(name)  # RecipeError naming the method's parameters
     if spec.kind in ("bool", "str"):
         raise SweepError(f"{name} is a {spec.kind} setting; sweep a numeric parameter")
     number: float | int = int(round(value)) if spec.kind == "int" else float(value)
     if spec.scope == ParamScope.GLOBAL:
-        updated = recipe.model_copy(update={"parameters": {**recipe.parameters, name: number}})
+        current = recipe.parameters.get(name)
+        setting = _filtered(current, number, only_filter, name)
+        updated = recipe.model_copy(update={"parameters": {**recipe.parameters, name: setting}})
     else:
-        updated = recipe.model_copy(
-            update={"models": _per_model(recipe, name, number, model_index)}
-        )
+        models = _per_model(recipe, name, number, model_index, only_filter)
+        updated = recipe.model_copy(update={"models": models})
     validate_recipe(updated)  # RecipeError: "density 1.5 is out of range ..."
     return updated
 
 
 def _per_model(
-    recipe: MergeRecipe, name: str, value: float | int, model_index: int | None
+    recipe: MergeRecipe,
+    name: str,
+    value: float | int,
+    model_index: int | None,
+    only_filter: str | None,
 ) -> tuple[RecipeModel, ...]:
     models = list(recipe.models)
     if model_index is not None and not 0 <= model_index < len(models):
@@ -292,15 +330,34 @@ def _per_model(
     elif name == "weight" and len(varied) == 2:
         # The merge-weight axis: first model at 0, second at 1.
         first, second = varied
-        models[first] = _set(models[first], name, 1.0 - value)
+        models[first] = _set(models[first], name, 1.0 - value, only_filter)
         varied = [second]
     for i in varied:
-        models[i] = _set(models[i], name, value)
+        models[i] = _set(models[i], name, value, only_filter)
     return tuple(models)
 
 
-def _set(model: RecipeModel, name: str, value: float | int) -> RecipeModel:
-    return model.model_copy(update={"parameters": {**model.parameters, name: value}})
+def _set(model: RecipeModel, name: str, value: float | int, only_filter: str | None) -> RecipeModel:
+    setting = _filtered(model.parameters.get(name), value, only_filter, name)
+    return model.model_copy(update={"parameters": {**model.parameters, name: setting}})
+
+
+def _filtered(
+    current: ParamValue | None, value: float | int, only_filter: str | None, name: str
+) -> ParamValue:
+    """`value`, or with `only_filter` a filtered list: [{filter: value}, what `current` says]."""
+    if only_filter is None:
+        return value
+    if current is None:
+        raise SweepError(
+            f"to sweep {name} on '{only_filter}' tensors only, give {name} a value in the recipe"
+            " for the other tensors"
+        )
+    if isinstance(current, list) and current and isinstance(current[0], FilteredValue):
+        rest = [entry for entry in current if entry.filter != only_filter]
+    else:
+        rest = [FilteredValue(value=current)]
+    return [FilteredValue(filter=only_filter, value=value), *rest]
 
 
 # --------------------------------------------------------------------------- running
@@ -550,7 +607,11 @@ def run_sweep(
             value,
             scored_recipe(
                 with_parameter(
-                    base_recipe, request.parameter, value, model_index=request.model_index
+                    base_recipe,
+                    request.parameter,
+                    value,
+                    model_index=request.model_index,
+                    only_filter=request.only_filter,
                 ),
                 request.dtype,
             ),
@@ -568,7 +629,7 @@ def run_sweep(
     try:
         for value, recipe in points:
             scorer.score(
-                label=f"{request.parameter}={value:g}",
+                label=f"{request.point_name}={value:g}",
                 kind="merge",
                 value=value,
                 fingerprint=recipe_fingerprint(recipe, seed=SWEEP_SEED),

@@ -58,6 +58,7 @@ from studio.ui.jobs_tab import status_dict
 LOG = logging.getLogger(__name__)
 
 SWEEP_PARAMETERS = ["weight", "t", "density", "lambda", "epsilon"]
+ALL_TENSORS = "all"  # the sweep form's "only on tensors named" choice for no filter
 
 
 def default_recipe_yaml(settings: StudioSettings) -> str:
@@ -178,9 +179,12 @@ def on_sweep_start(
     fewshot: float | None,
     max_new_tokens: float | None = None,
     chat_template: str | None = None,
+    only_on: str | None = None,
     request: gr.Request | None = None,
 ) -> dict[str, Any]:
-    """Score the merge at `points` values of `parameter` from start to stop (API: /sweep)."""
+    """Score the merge at `points` values of `parameter` from start to stop (API: /sweep);
+    `only_on` (mlp, self_attn, ...; empty or "all": every tensor) limits the change to the
+    tensors whose names contain it."""
     count, first, last = _sweep_span(start, stop, points)
     step = (last - first) / (count - 1)
     values = tuple(round(first + i * step, 6) for i in range(count))
@@ -192,6 +196,7 @@ def on_sweep_start(
         recipe=recipe_yaml or "",
         parameter=parameter,
         values=values,
+        only_filter=None if (only_on or "").strip() in ("", ALL_TENSORS) else only_on,
         **_options(tasks, extra_tasks, quick, limit, fewshot, max_new_tokens, chat_template),
     )
 
@@ -358,6 +363,13 @@ def build_score_tab(settings: StudioSettings, selection: gr.State | None = None)
                 start = gr.Number(value=0.0, label="From")
                 stop = gr.Number(value=1.0, label="To")
                 points = gr.Slider(2, MAX_SWEEP_POINTS, value=5, step=1, label="Points")
+                only_on = gr.Dropdown(
+                    [ALL_TENSORS, "mlp", "self_attn"],
+                    value=ALL_TENSORS,
+                    allow_custom_value=True,
+                    label="Only on tensors named",
+                    info="mlp: the MLP layers move, the rest keeps the recipe's value",
+                )
             sweep_btn = gr.Button("Run sweep")
         with gr.Accordion("Checkpoint sweep: a CPT run's checkpoints by step", open=False):
             gr.Markdown(
@@ -404,7 +416,7 @@ def build_score_tab(settings: StudioSettings, selection: gr.State | None = None)
         start_job_on_click(
             sweep_btn,
             bind(on_sweep_start, settings),
-            [recipe, parameter, start, stop, points, *options],
+            [recipe, parameter, start, stop, points, *options, only_on],
             [job_json],
             api_name="sweep",
         ).success(started, [job_json], [job_id, progress, timer], api_visibility="private")
