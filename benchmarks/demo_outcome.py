@@ -1,12 +1,15 @@
 """The merge effect on the demo zoos, measured with the studio's own sweeps (issue 10's outcome).
 
-    python benchmarks/demo_outcome.py --zoo tiny              # assets/zoo, ~5 min on 2 cores
-    python benchmarks/demo_outcome.py --zoo real --limit 60   # SmolLM2 pair (materialised first)
+    python benchmarks/demo_outcome.py --zoo tiny --limit 60    # assets/zoo, ~5 min on 2 cores
+    python benchmarks/demo_outcome.py --zoo real --points 0.25,0.5,0.6,0.75,0.9   # SmolLM2 pair,
+                                                 # whole held-out sets, ~55 min on 2 cores
+    python benchmarks/demo_outcome.py --zoo real --methods linear_mlp ...   # one method again
 
-For linear, TIES and DARE-TIES it sweeps the CPT model's share of the merge (`weight`: the chat
-model gets 1 - w) and scores every point, and both parents, on: domain knowledge (completion and
-multiple choice, log-likelihood), domain chat QA (greedy reply contains the answer), general chat
-QA, general multiple choice (tiny zoo: its own general world), and domain / general perplexity.
+For linear, TIES, DARE-TIES and linear on the MLP layers only, it sweeps the CPT model's share of
+the merge (`weight`: the chat model gets 1 - w) and scores every point, and both parents, on:
+domain knowledge (completion and multiple choice, log-likelihood), domain chat QA (greedy reply
+contains the answer), general chat QA, general multiple choice (tiny zoo: its own general world),
+and domain / general perplexity. Methods not run keep their recorded rows.
 Writes docs/outcome/<zoo>.md (tables), <zoo>.json (every score) and one plotly chart per method
 (<zoo>_<method>.html, and .png when Playwright + Chromium are there, as in the browser tests).
 Scores are cached in the studio's SQLite: re-running is quick.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +30,7 @@ from pipelines.real_pair import materialise  # noqa: E402
 from pipelines.starter_zoo import ensure_starter_zoo  # noqa: E402
 from studio.evaluation.results import ResultStore  # noqa: E402
 from studio.evaluation.scoring import ScoreSettings  # noqa: E402
-from studio.evaluation.sweeps import ScoreReport, SweepRequest, run_sweep  # noqa: E402
+from studio.evaluation.sweeps import ScoreReport, ScoreRow, SweepRequest, run_sweep  # noqa: E402
 from studio.plots import sweep_chart  # noqa: E402
 from studio.settings import load_settings  # noqa: E402
 
@@ -42,6 +46,11 @@ METHODS = {
     "  - model: {chat}\n    parameters: {{weight: 1.0, density: 0.5}}\n"
     "  - model: {cpt}\n    parameters: {{weight: 0.0, density: 0.5}}\ndtype: {dtype}\n",
 }
+# Linear on the MLP layers only (`SweepRequest.only_filter`): attention and the rest stay the
+# chat model's. On the real pair the CPT's knowledge is in its MLP delta and its attention delta
+# costs chat, so this axis keeps more chat at equal domain answers.
+METHODS["linear_mlp"] = METHODS["linear"]
+ONLY_FILTER = {"linear_mlp": "mlp"}
 
 
 def zoo_models(zoo: str) -> tuple[dict[str, str], list[str]]:
@@ -71,11 +80,18 @@ def globals_for(zoo: str) -> str:
     return "parameters: {normalize: false}\n" if zoo == "real" else ""
 
 
-def table(report: ScoreReport) -> str:
+def section(method: str, rows: Sequence[ScoreRow]) -> str:
+    x = "the CPT model's weight" + (
+        f" on {ONLY_FILTER[method]} tensors" if method in ONLY_FILTER else ""
+    )
+    return f"### {method} (x = {x})\n\n{table(rows)}\n"
+
+
+def table(rows: Sequence[ScoreRow]) -> str:
     """Markdown: one row per point (parents last), one column per task."""
-    tasks = list(dict.fromkeys(r.task for r in report.rows))
-    labels = list(dict.fromkeys(r.label for r in report.rows))
-    cells = {(r.label, r.task): r for r in report.rows}
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    labels = list(dict.fromkeys(r.label for r in rows))
+    cells = {(r.label, r.task): r for r in rows}
     head = "| point | " + " | ".join(f"{t} ({cells[(labels[0], t)].metric})" for t in tasks) + " |"
     lines = [head, "|" + "---|" * (len(tasks) + 1)]
     for label in labels:
@@ -135,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = ScoreSettings(limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=16)
     store = ResultStore(load_settings().db_path)
     args.out.mkdir(parents=True, exist_ok=True)
-    sections, dump = [], {}
+    # Methods not run now keep their recorded rows: one method can be re-run or added alone.
+    recorded = args.out / f"{args.zoo}.json"
+    dump = json.loads(recorded.read_text("utf-8")) if recorded.is_file() else {}
     for method in args.methods.split(","):
         request = SweepRequest(
             tasks=tuple(tasks),
@@ -144,14 +162,16 @@ def main(argv: list[str] | None = None) -> int:
             recipe=METHODS[method].format(dtype=dtype, globals=globals_for(args.zoo), **models),
             parameter="weight",
             values=values,
+            only_filter=ONLY_FILTER.get(method),
         )
         report = run_sweep(request, store=store)
-        sections.append(f"### {method} (x = the CPT model's weight)\n\n{table(report)}\n")
         dump[method] = [r.__dict__ for r in report.rows]
         save_chart(report, args.out / f"{args.zoo}_{method}", f"{args.zoo} zoo: {method}")
-        print(sections[-1], flush=True)
+        print(section(method, report.rows), flush=True)
+    ordered = {m: dump[m] for m in [*METHODS, *dump] if m in dump}
+    sections = [section(m, [ScoreRow(**r) for r in rows]) for m, rows in ordered.items()]
     (args.out / f"{args.zoo}.md").write_text("\n".join(sections), encoding="utf-8")
-    (args.out / f"{args.zoo}.json").write_text(json.dumps(dump, indent=1, default=str), "utf-8")
+    recorded.write_text(json.dumps(ordered, indent=1, default=str), "utf-8")
     return 0
 
 
