@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,14 @@ def test_sessions_are_isolated(tiny_family: dict[str, Path]) -> None:
     assert registry.sessions() == ()
 
 
+def _numbers(row: dict[str, object]) -> dict[str, float]:
+    return {k: v for k, v in row.items() if isinstance(v, float)}
+
+
+def _labels(row: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in row.items() if not isinstance(v, float)}
+
+
 def test_diagnose_passes_through_without_loading_a_merged_model(
     tiny_family: dict[str, Path], preview: LivePreview
 ) -> None:
@@ -209,8 +218,14 @@ def test_diagnose_passes_through_without_loading_a_merged_model(
     files = [load_file(tiny_family[k] / "model.safetensors") for k in ("base", "cpt", "chat")]
     names = tuple(str(tiny_family[k]) for k in ("base", "cpt", "chat"))
     expected = diagnose_models(*files, density=0.3, names=names)  # type: ignore[arg-type]
-    assert report.records() == expected.records()
-    assert report.summary == expected.summary
+    # Same statistics, but float32 sums over the merger's copies of the weights and over freshly
+    # loaded ones may differ in the last bits (seen once: parent_cosine 0.86509978 vs 0.86509982).
+    rows = [asdict(row) for row in (*report.rows, *report.groups, report.summary)]
+    want = [asdict(row) for row in (*expected.rows, *expected.groups, expected.summary)]
+    assert [_numbers(row) for row in rows] == [
+        pytest.approx(_numbers(row), rel=1e-6, nan_ok=True) for row in want
+    ]
+    assert [_labels(row) for row in rows] == [_labels(row) for row in want]
     merger = preview.merger
     assert preview.update(make_recipe(tiny_family, "ties"), PROBE).merger_reused
     assert preview.merger is merger
