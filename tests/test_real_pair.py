@@ -6,6 +6,7 @@ for SmolLM2 + assets/real_pair/cpt_adapter, which the slow test checks where bot
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipelines.real_pair import (
 )
 from studio.catalog.gguf_import import find_smollm2_gguf
 from studio.settings import load_settings
+from studio.training.config import load_train_config
 
 
 def _adapter(chat: Path, out: Path, *, seed: int = 0) -> Path:
@@ -146,3 +148,22 @@ def test_the_shipped_adapter_is_small_and_names_no_build_machine_path() -> None:
     weights = load_file(files[real_pair.ADAPTER_WEIGHTS])
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
     assert any(t.abs().sum() > 0 for k, t in weights.items() if "lora_B" in k)  # trained
+
+
+def test_ablation_variant_changes_only_what_it_is_told(tmp_path: Path) -> None:
+    """benchmarks/real_cpt_ablation.py trains the shipped CPT recipe with the given changes and
+    nothing else changed."""
+    spec = importlib.util.spec_from_file_location(
+        "real_cpt_ablation", Path(__file__).resolve().parents[1] / "benchmarks/real_cpt_ablation.py"
+    )
+    assert spec is not None and spec.loader is not None
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    shipped = load_train_config(real_pair.CONFIG)
+    variant = load_train_config(ablation.variant_config(tmp_path, replay=0.3, rank=8, steps=50))
+    assert variant.data.weights() == pytest.approx({"domain": 0.7, "general": 0.3})
+    assert (variant.lora.rank, variant.lora.alpha, variant.max_steps) == (8, 16, 50)
+    unchanged = {"data": {"sources"}, "lora": {"rank", "alpha"}, "max_steps": True}
+    assert variant.model_dump(exclude=unchanged) == shipped.model_dump(exclude=unchanged)
+    same = load_train_config(ablation.variant_config(tmp_path, replay=None, rank=None, steps=None))
+    assert same == shipped
