@@ -37,7 +37,6 @@ from studio.evaluation.sweeps import (
     parse_recipe_text,
     run_scores,
     run_sweep,
-    with_parameter,
 )
 from studio.evaluation.tasks import load_task
 from studio.jobs.runner import JobRunner, get_runner
@@ -97,13 +96,7 @@ def check_request(request: ScoreOptions, *, settings: StudioSettings | None = No
         confine_recipe_models(recipe, settings=settings)
         if isinstance(request, SweepRequest):
             for value in request.values:
-                with_parameter(
-                    recipe,
-                    request.parameter,
-                    value,
-                    model_index=request.model_index,
-                    only_filter=request.only_filter,
-                )
+                request.recipe_at(recipe, value)
 
 
 def confine_checkpoints(request: CheckpointSweepRequest, *, settings: StudioSettings) -> None:

@@ -142,14 +142,22 @@ class SweepRequest(ScoreOptions, frozen=True):
     @field_validator("only_filter")
     @classmethod
     def _real_filter(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            return None  # an empty form field: the whole model
-        return value.strip() if value else value
+        return (value or "").strip() or None  # an empty form field: the whole model
 
     @property
     def point_name(self) -> str:
         """How a point's label names the parameter: weight, or weight[mlp] when filtered."""
         return f"{self.parameter}[{self.only_filter}]" if self.only_filter else self.parameter
+
+    def recipe_at(self, recipe: MergeRecipe, value: float) -> MergeRecipe:
+        """`recipe` at one point of this sweep (`with_parameter` with this request's options)."""
+        return with_parameter(
+            recipe,
+            self.parameter,
+            value,
+            model_index=self.model_index,
+            only_filter=self.only_filter,
+        )
 
     @field_validator("values")
     @classmethod
@@ -606,13 +614,7 @@ def run_sweep(
         (
             value,
             scored_recipe(
-                with_parameter(
-                    base_recipe,
-                    request.parameter,
-                    value,
-                    model_index=request.model_index,
-                    only_filter=request.only_filter,
-                ),
+                request.recipe_at(base_recipe, value),
                 request.dtype,
             ),
         )
